@@ -1,0 +1,110 @@
+"""The Python API: a trained model with its vocabulary, ready to generate and evaluate.
+
+from char_rnn import CharRNN
+model = CharRNN.load("runs/shakespeare")
+print(model.generate("ROMEO:", length=200, temperature=0.8))
+
+model = CharRNN.train(data="my.txt", out="runs/mine", max_time=300)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import RunFolder, load_weights
+from .config import ModelConfig, SampleConfig, build_configs, from_dict
+from .corpus import read_text
+from .device import resolve_device
+from .errors import CharRNNError
+from .evaluate import EvalResult, evaluate, evaluate_windows
+from .model import CharRNNModel
+from .sample import generate, stream
+from .train import TrainResult, resume_configs, train
+from .vocab import Vocab
+
+
+class CharRNN:
+    """A model loaded from a run folder."""
+
+    def __init__(self, model: CharRNNModel, vocab: Vocab, run_config: dict[str, Any]):
+        self.model = model
+        self.vocab = vocab
+        self.run_config = run_config
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, *, which: str = "latest", device: str = "cpu") -> CharRNN:
+        """Load the newest weights of a run folder (`which="best"` for the best ones)."""
+        folder = RunFolder(run)
+        saved = folder.read_config()
+        vocab = Vocab.from_json(saved["vocab"])
+        try:
+            config = from_dict(ModelConfig, saved["model"])
+        except (TypeError, ValueError) as error:
+            raise CharRNNError(f"{folder.config_path} has an invalid model config: {error}") from None
+        if config.vocab_size != len(vocab):
+            raise CharRNNError(
+                f"{folder.config_path}: vocab_size {config.vocab_size} does not match the "
+                f"{len(vocab)}-character vocabulary"
+            )
+        model = CharRNNModel(config)
+        load_weights(model, folder.weights_path(which))
+        model.to(resolve_device(device)).eval()
+        return cls(model, vocab, saved)
+
+    @classmethod
+    def train(cls, preset: str | None = None, **options: Any) -> CharRNN:
+        """Train with the given options (the CLI's flag names) and load the result."""
+        result = train_run(preset=preset, **options)
+        return cls.load(result.run)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
+        """Yield each step's next character for every sample, as it is generated."""
+        return stream(self.model, self.vocab, SampleConfig(start=start, **options))
+
+    def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
+        """The start string plus `length` generated characters; a list when num_samples > 1."""
+        config = SampleConfig(start=start, length=length, **options)
+        texts = generate(self.model, self.vocab, config)
+        return texts if config.num_samples > 1 else texts[0]
+
+    def encode_text(self, text: str, what: str = "the evaluation text") -> np.ndarray:
+        if len(text) < 2:
+            raise CharRNNError(f"{what} needs at least two characters")
+        return self.vocab.encode(text, what=what)
+
+    def evaluate(self, text: str, *, streams: int = 16) -> EvalResult:
+        """Loss over the whole text with the state carried."""
+        return evaluate(self.model, self.encode_text(text), streams=streams)
+
+    def evaluate_windows(self, text: str, *, window: int = 256) -> EvalResult:
+        """Loss over independent windows, each from a zero state."""
+        return evaluate_windows(self.model, self.encode_text(text), window=window)
+
+    def evaluate_file(self, data: str | os.PathLike, encoding: str = "utf-8") -> EvalResult:
+        text, source = read_text(str(data), encoding)
+        return evaluate(self.model, self.encode_text(text, f"evaluation text {source}"))
+
+
+def train_run(preset: str | None = None, **options: Any) -> TrainResult:
+    """Build the configs from keyword options (None = not given) and train.
+
+    With `resume=True`, the run folder's saved configs are the base instead of the
+    defaults, and only training options may change."""
+    if options.get("resume"):
+        out = options.get("out")
+        if not out:
+            raise CharRNNError("resume needs the run folder (out)")
+        model_config, train_config = resume_configs(
+            out, **{k: v for k, v in options.items() if k not in ("out", "resume")}
+        )
+        return train(model_config, train_config)
+    model_config, train_config = build_configs(preset, **options)
+    return train(model_config, train_config)

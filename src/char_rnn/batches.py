@@ -1,0 +1,93 @@
+"""Training batches, addressed by (epoch, index) so that any position can be resumed.
+
+Shapes: B batch, T time (seq_length). Every batch is a pair (inputs, targets) of
+int64 tensors of shape (B, T); targets are the inputs shifted one character on.
+
+- `StatefulBatches` cuts the text into B contiguous streams. Batch i of every epoch
+  continues each stream exactly where batch i-1 stopped, so the hidden state left by
+  one batch is the right starting state for the next (truncated BPTT).
+- `ShuffledBatches` draws non-overlapping windows of T+1 characters in a random
+  order, as the seed's `dataset.shuffle` does; each window starts from a zero state.
+  Each epoch shifts the window grid by a random offset (within the characters
+  left over at the end) so that windows differ between epochs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import CharRNNError
+
+
+def _too_short(n_chars: int, need: int, how: str) -> CharRNNError:
+    return CharRNNError(
+        f"the training text has {n_chars} characters, too few for one batch "
+        f"({how}, at least {need} characters); use a longer corpus or a smaller "
+        "--batch-size / --seq-length"
+    )
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
+class StatefulBatches:
+    stateful = True
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int):
+        stream_length = len(ids) // batch_size
+        self.batches_per_epoch = (stream_length - 1) // seq_length
+        if self.batches_per_epoch < 1:
+            need = batch_size * (seq_length + 1)
+            raise _too_short(len(ids), need, f"{batch_size} streams of {seq_length + 1}")
+        self.streams = np.asarray(ids[: batch_size * stream_length]).reshape(batch_size, stream_length)
+        self.seq_length = seq_length
+
+    def get(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = index * self.seq_length
+        window = self.streams[:, start : start + self.seq_length + 1]
+        return _to_tensor(window[:, :-1]), _to_tensor(window[:, 1:])
+
+
+class ShuffledBatches:
+    stateful = False
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, seed: int):
+        self.ids = ids
+        self.batch_size = batch_size
+        self.window = seq_length + 1
+        n_windows = len(ids) // self.window
+        self.batches_per_epoch = n_windows // batch_size
+        if self.batches_per_epoch < 1:
+            need = batch_size * self.window
+            raise _too_short(len(ids), need, f"{batch_size} windows of {self.window}")
+        self.n_windows = n_windows
+        self.seed = seed
+        self._epoch = -1
+        self._order: np.ndarray | None = None
+        self._offset = 0
+
+    def _plan(self, epoch: int) -> None:
+        if epoch == self._epoch:
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        slack = len(self.ids) - self.n_windows * self.window
+        self._offset = int(torch.randint(0, slack + 1, (1,), generator=generator))
+        self._order = torch.randperm(self.n_windows, generator=generator).numpy()
+        self._epoch = epoch
+
+    def get(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._plan(epoch)
+        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        starts = self._offset + chosen * self.window
+        windows = np.stack([self.ids[s : s + self.window] for s in starts])
+        return _to_tensor(windows[:, :-1]), _to_tensor(windows[:, 1:])
+
+
+def make_batches(
+    ids: np.ndarray, batching: str, batch_size: int, seq_length: int, seed: int
+) -> StatefulBatches | ShuffledBatches:
+    if batching == "stateful":
+        return StatefulBatches(ids, batch_size, seq_length)
+    return ShuffledBatches(ids, batch_size, seq_length, seed)

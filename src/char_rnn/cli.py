@@ -1,0 +1,301 @@
+"""The command line: parse, call the library, print. Nothing else lives here.
+
+Exit status: 0 success, 1 a failure the user can fix (file, checkpoint, corpus),
+2 a usage error (a bad flag or value), 130/143 stopped by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import BATCHINGS, CELLS, PRECISIONS, PRESETS, SCHEDULES
+from .errors import CharRNNError, UsageError
+
+PROG = "char-rnn"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a model on a text",
+        description="Train a character-level model; checkpoints go to --out.",
+        epilog=_examples(
+            "char-rnn train --max-time 300 --out runs/shakespeare",
+            "char-rnn train --preset tutorial --epochs 30 --out runs/tutorial",
+            "char-rnn train --data my_texts/ --cell lstm --layers 2 --units 512 --out runs/mine",
+            "char-rnn train --resume --out runs/shakespeare --max-time 600",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data", help="text file, folder of text files, or 'shakespeare' (default)")
+    data.add_argument("--encoding", help="encoding of the text files (default utf-8)")
+    data.add_argument("--val-fraction", type=float, help="last fraction held out (default 0.1)")
+    data.add_argument("--batching", choices=BATCHINGS, help="stateful streams (default) or shuffle")
+    data.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
+    data.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
+    model.add_argument("--cell", choices=CELLS, help="recurrent cell (default gru)")
+    model.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
+    model.add_argument("--units", type=int, help="hidden units per layer (default 1024)")
+    model.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
+    model.add_argument("--dropout", type=float, help="dropout between layers (default 0)")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    opt.add_argument("--lr-schedule", choices=SCHEDULES, help="constant (default) or cosine")
+    opt.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 0)")
+    opt.add_argument("--min-lr-fraction", type=float, help="cosine floor, fraction of --lr")
+    opt.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 5)")
+    opt.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
+    opt.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    opt.add_argument("--seed", type=int, help="random seed (default 0)")
+    stop = p.add_argument_group("stopping and checkpoints")
+    stop.add_argument("--out", help="run folder (default runs/latest)")
+    stop.add_argument("--resume", action="store_true", default=None, help="continue the run")
+    stop.add_argument("--epochs", type=int, help="epochs to train (default 10)")
+    stop.add_argument("--max-steps", type=int, help="stop at this total step count")
+    stop.add_argument("--max-time", type=float, help="stop after this many seconds")
+    stop.add_argument("--patience", type=int, help="stop after N epochs without a better val loss")
+    stop.add_argument("--log-every", type=int, help="log every N steps (default 100)")
+    stop.add_argument("--eval-every-steps", type=int, help="validate every N steps too")
+    stop.add_argument("--checkpoint-every-epochs", type=int, help="default 5")
+    stop.add_argument("--checkpoint-every-steps", type=int, help="also every N steps")
+    stop.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    p.set_defaults(handler=cmd_train)
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--start", default="\n", help="text to start from (default a newline)")
+    p.add_argument("--length", type=int, default=1000, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest characters")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set holding p of the mass")
+    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "generate",
+        help="generate text from a trained model",
+        description="Generate text; a single sample streams to stdout as it is made.",
+        epilog=_examples(
+            'char-rnn generate runs/shakespeare --start "ROMEO:" --length 500',
+            "char-rnn generate runs/shakespeare --temperature 0.7 --top-p 0.9 --seed 1",
+            "char-rnn generate runs/shakespeare --num-samples 4 --length 200",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_sampling(p)
+    p.add_argument("--num-samples", type=int, default=1, help="texts to generate together")
+    p.set_defaults(handler=cmd_generate)
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="loss and bits per character of a model on a text",
+        description=(
+            "Loss over a text with the state carried. Without --data: the validation "
+            "part of the run's own corpus."
+        ),
+        epilog=_examples(
+            "char-rnn eval runs/shakespeare",
+            "char-rnn eval runs/shakespeare --data other.txt --json",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="text file, folder or 'shakespeare' (default: the run's corpus)")
+    p.add_argument("--split", choices=("all", "train", "val"),
+                   help="part of the text (default: val of the run's corpus, all of --data)")  # fmt: skip
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--window", type=int, default=256,
+                   help="also report loss over independent windows of this size (0: skip)")  # fmt: skip
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_eval)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description="Character-level language models: train on any text, generate more of it.",
+        epilog=_examples(
+            "char-rnn train --max-time 300 --out runs/shakespeare",
+            'char-rnn generate runs/shakespeare --start "ROMEO:"',
+            "char-rnn eval runs/shakespeare",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train(commands)
+    _add_generate(commands)
+    _add_eval(commands)
+    return parser
+
+
+# ---- commands ------------------------------------------------------------------------
+
+TRAIN_FLAGS = (
+    "data", "encoding", "val_fraction", "batching", "batch_size", "seq_length", "cell",
+    "embedding_dim", "units", "layers", "dropout", "lr", "lr_schedule", "warmup_steps",
+    "min_lr_fraction", "weight_decay", "grad_clip", "precision", "device", "seed", "out",
+    "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps",
+    "checkpoint_every_epochs", "checkpoint_every_steps", "quiet",
+)  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import train_run
+
+    options = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    if args.resume and args.preset:
+        raise UsageError("--preset cannot be combined with --resume: the run keeps its config")
+    result = train_run(preset=args.preset, **options)
+    summary = f"run {result.run}: step {result.step}, stopped by {result.stopped}"
+    if result.val is not None:
+        summary += f", validation loss {result.val.loss:.4f} ({result.val.bpc:.3f} bpc)"
+    print(summary)
+    return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 0)
+
+
+def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .api import CharRNN
+    from .config import SampleConfig
+
+    config = SampleConfig(start=args.start, length=args.length, num_samples=args.num_samples,
+                          **_sample_options(args))  # fmt: skip
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
+    model.vocab.check(config.start, "the start string")
+    out = sys.stdout
+    if config.num_samples == 1:
+        out.write(config.start)
+        for (ch,) in model.stream(config.start, length=config.length, **_sample_options(args)):
+            out.write(ch)
+            out.flush()
+        out.write("\n")
+        return 0
+    texts = model.generate(config.start, config.length, num_samples=config.num_samples,
+                           **_sample_options(args))  # fmt: skip
+    for i, text in enumerate(texts, 1):
+        out.write(f"==> sample {i} <==\n{text}\n\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import CharRNN
+    from .corpus import read_text
+
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
+    data = args.data or _run_corpus(model.run_config)
+    split = args.split or ("all" if args.data else "val")
+    text, source = read_text(data, args.encoding)
+    val_fraction = float(model.run_config.get("train", {}).get("val_fraction", 0.1))
+    cut = len(text) - int(len(text) * val_fraction)
+    text = {"all": text, "train": text[:cut], "val": text[cut:]}[split]
+    what = f"{split} text of {source}"
+    result = _evaluate(model, text, what)
+    figures = result.as_dict()
+    if args.window:
+        windows = _evaluate(model, text, what, window=args.window)
+        figures[f"window_{args.window}_loss"] = windows.loss
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(f"{what}: {figures['chars']:,} characters")
+        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char, "
+              f"perplexity {result.perplexity:.3f}")  # fmt: skip
+        if args.window:
+            print(f"loss over independent {args.window}-character windows: {windows.loss:.4f}")
+    return 0
+
+
+def _run_corpus(run_config: dict[str, Any]) -> str:
+    """The corpus a run was trained on: its resolved path if it is still there, else its name."""
+    source = run_config.get("corpus", {}).get("source")
+    if source and os.path.exists(source):
+        return source
+    return run_config.get("train", {}).get("data", "shakespeare")
+
+
+def _evaluate(model, text: str, what: str, window: int | None = None):
+    from .evaluate import evaluate, evaluate_windows
+
+    ids = model.encode_text(text, what)
+    if window is None:
+        return evaluate(model.model, ids)
+    if len(ids) <= window:
+        raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
+    return evaluate_windows(model.model, ids, window=window)
+
+
+# ---- entry point ------------------------------------------------------------------------
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "quiet", False):
+            logging.getLogger("char_rnn").setLevel(logging.WARNING)
+        command: Callable[[argparse.Namespace], int] = args.handler
+        return command(args)
+    except UsageError as error:
+        return _fail(str(error), 2)
+    except CharRNNError as error:
+        return _fail(str(error), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}", 1)
+    except Exception as error:  # the promise: one line, never a traceback
+        if os.environ.get("CHAR_RNN_DEBUG"):
+            raise
+        return _fail(f"unexpected {type(error).__name__}: {error} (set CHAR_RNN_DEBUG=1 for "
+                     "the traceback)", 1)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Typed configuration: what a model is, how it is trained, how it is sampled.
+
+Each config is a frozen dataclass validated once, when it is built; everything
+downstream trusts it. Presets are plain data: a preset name maps to field values
+that override the defaults, and flags given beside a preset override it in turn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import UsageError
+
+CELLS = ("gru", "lstm", "rnn")
+BATCHINGS = ("stateful", "shuffle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _positive_int(name: str, value: int) -> None:
+    _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+
+
+def _finite(name: str, value: float) -> None:
+    _require(
+        isinstance(value, (int, float)) and math.isfinite(value),
+        f"{name} must be a finite number, got {value!r}",
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Embedding -> RNN -> Linear. `vocab_size` comes from the corpus."""
+
+    vocab_size: int = 0
+    embedding_dim: int = 256
+    units: int = 1024
+    layers: int = 1
+    cell: str = "gru"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.vocab_size, int) and self.vocab_size >= 0,
+            f"vocab_size must be a non-negative integer, got {self.vocab_size!r}",
+        )
+        _positive_int("embedding_dim", self.embedding_dim)
+        _positive_int("units", self.units)
+        _positive_int("layers", self.layers)
+        _require(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _finite("dropout", self.dropout)
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: data, batches, optimizer, stopping, checkpoints."""
+
+    data: str = "shakespeare"
+    out: str = "runs/latest"
+    encoding: str = "utf-8"
+    val_fraction: float = 0.1
+    batching: str = "stateful"
+    batch_size: int = 64
+    seq_length: int = 100
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_fraction: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    epochs: int = 10
+    max_steps: int | None = None
+    max_time: float | None = None
+    patience: int | None = None
+    seed: int = 0
+    log_every: int = 100
+    eval_every_steps: int | None = None
+    checkpoint_every_epochs: int = 5
+    checkpoint_every_steps: int | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _require(bool(self.data), "data must name a file, a folder or 'shakespeare'")
+        _require(bool(self.out), "out must name a folder")
+        _finite("val_fraction", self.val_fraction)
+        _require(
+            0.0 <= self.val_fraction < 1.0,
+            f"val_fraction must be in [0, 1), got {self.val_fraction!r}",
+        )
+        _require(
+            self.batching in BATCHINGS,
+            f"batching must be one of {', '.join(BATCHINGS)}, got {self.batching!r}",
+        )
+        for name in ("batch_size", "seq_length", "epochs", "log_every", "checkpoint_every_epochs"):
+            _positive_int(name, getattr(self, name))
+        for name in ("max_steps", "patience", "eval_every_steps", "checkpoint_every_steps"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(name, value)
+        _require(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}",
+        )
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            _finite(name, value)
+            _require(value > 0, f"{name} must be positive, got {value!r}")
+        _finite("weight_decay", self.weight_decay)
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _finite("min_lr_fraction", self.min_lr_fraction)
+        _require(
+            0.0 <= self.min_lr_fraction <= 1.0,
+            f"min_lr_fraction must be in [0, 1], got {self.min_lr_fraction!r}",
+        )
+        _require(
+            self.lr_schedule in SCHEDULES,
+            f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}",
+        )
+        if self.max_time is not None:
+            _finite("max_time", self.max_time)
+            _require(self.max_time > 0, f"max_time must be positive, got {self.max_time!r}")
+        _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _require(
+            self.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to draw text from a model."""
+
+    start: str = "\n"
+    length: int = 1000
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    num_samples: int = 1
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.start, str) and self.start != "", "start must be a non-empty string")
+        _require(
+            isinstance(self.length, int) and self.length >= 0,
+            f"length must be a non-negative integer, got {self.length!r}",
+        )
+        _finite("temperature", self.temperature)
+        _require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k is not None:
+            _positive_int("top_k", self.top_k)
+        if self.top_p is not None:
+            _finite("top_p", self.top_p)
+            _require(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p!r}")
+        _positive_int("num_samples", self.num_samples)
+
+
+# Presets override the defaults of both configs; the CLI lets flags override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed tutorial exactly: Embedding 256 -> GRU 1024 -> Dense, sequences of 100,
+    # batches of 64, Adam with its defaults, a checkpoint every 5 epochs.
+    "tutorial": {
+        "embedding_dim": 256,
+        "units": 1024,
+        "layers": 1,
+        "cell": "gru",
+        "dropout": 0.0,
+        "seq_length": 100,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "checkpoint_every_epochs": 5,
+    },
+}
+
+
+def field_names(config_type: type) -> set[str]:
+    return {f.name for f in fields(config_type)}
+
+
+def build_configs(preset: str | None = None, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+    """Defaults, then the preset, then explicit overrides (None means "not given")."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        _require(
+            preset in PRESETS,
+            f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}",
+        )
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    model_keys, train_keys = field_names(ModelConfig), field_names(TrainConfig)
+    unknown = set(values) - model_keys - train_keys
+    _require(not unknown, f"unknown option(s): {', '.join(sorted(unknown))}")
+    model = ModelConfig(**{k: v for k, v in values.items() if k in model_keys})
+    train = TrainConfig(**{k: v for k, v in values.items() if k in train_keys})
+    return model, train
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+def from_dict(config_type: type, values: dict[str, Any]) -> Any:
+    """Rebuild a config saved by `to_dict`, ignoring keys this version does not know."""
+    known = field_names(config_type)
+    return config_type(**{k: v for k, v in values.items() if k in known})
+
+
+def with_vocab(model: ModelConfig, vocab_size: int) -> ModelConfig:
+    return replace(model, vocab_size=vocab_size)

@@ -1,0 +1,148 @@
+"""Text in, ids out: a file, a folder of files, or the `shakespeare` download.
+
+`shakespeare` is looked up in the folder named by CHAR_RNN_DATA, then in the
+user cache, and only then downloaded from the seed tutorial's URL; the download
+is checked against its sha256 before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CharRNNError, UsageError
+from .vocab import Vocab
+
+SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_FILE = "shakespeare.txt"
+DATA_ENV = "CHAR_RNN_DATA"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A whole text as ids, with the vocabulary that encodes it."""
+
+    ids: np.ndarray
+    vocab: Vocab
+    sha256: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """The last `val_fraction` of the text is validation, the rest training."""
+        n_val = int(len(self.ids) * val_fraction)
+        cut = len(self.ids) - n_val
+        return self.ids[:cut], self.ids[cut:]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shakespeare_path() -> Path:
+    """The verified tiny-Shakespeare file: local folder, then cache, then download."""
+    folder = os.environ.get(DATA_ENV)
+    if folder:
+        candidate = Path(folder) / SHAKESPEARE_FILE
+        if candidate.is_file():
+            if sha256_file(candidate) != SHAKESPEARE_SHA256:
+                raise CharRNNError(
+                    f"{candidate} does not match the expected sha256 of tiny Shakespeare; "
+                    f"remove it or unset {DATA_ENV}"
+                )
+            return candidate
+    import pooch  # only needed when the file is not already local
+
+    pooch.get_logger().setLevel("WARNING")
+    try:
+        return Path(
+            pooch.retrieve(
+                SHAKESPEARE_URL,
+                known_hash=f"sha256:{SHAKESPEARE_SHA256}",
+                fname=SHAKESPEARE_FILE,
+                path=pooch.os_cache("char-rnn"),
+                progressbar=False,
+            )
+        )
+    except Exception as error:  # network failures come in many types
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise CharRNNError(
+            f"could not download tiny Shakespeare ({reason}); "
+            f"set {DATA_ENV} to a folder holding {SHAKESPEARE_FILE}, or pass --data FILE"
+        ) from None
+
+
+def decode_bytes(raw: bytes, path: Path, encoding: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except LookupError:
+        raise UsageError(f"unknown encoding {encoding!r}") from None
+    except UnicodeDecodeError as error:
+        hint = "; pass --encoding to read another encoding" if encoding == "utf-8" else ""
+        raise CharRNNError(
+            f"{path} is not valid {encoding}: byte offset {error.start} "
+            f"(0x{raw[error.start]:02x}) cannot be decoded{hint}"
+        ) from None
+
+
+def read_file(path: Path, encoding: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise CharRNNError(f"cannot read {path}: {error.strerror}") from None
+    if b"\x00" in raw[:65536] and "16" not in encoding and "32" not in encoding:
+        raise CharRNNError(f"{path} looks like a binary file (it contains NUL bytes), not text")
+    return decode_bytes(raw, path, encoding)
+
+
+def text_files(folder: Path) -> list[Path]:
+    """Every visible regular file under `folder`, in sorted path order."""
+    files = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    if not files:
+        raise CharRNNError(f"folder {folder} holds no text files")
+    return files
+
+
+def read_text(data: str, encoding: str = "utf-8") -> tuple[str, str]:
+    """The whole corpus as one string, and where it came from."""
+    if data == "shakespeare" and not Path(data).exists():
+        path = shakespeare_path()
+        return read_file(path, "utf-8"), str(path)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        parts = [read_file(p, encoding) for p in text_files(path)]
+        # A file that does not end a line should not run into the next one.
+        text = "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)
+        return text, str(path.resolve())
+    if not path.exists():
+        raise CharRNNError(f"corpus {data} does not exist (give a text file, a folder, or 'shakespeare')")
+    return read_file(path, encoding), str(path.resolve())
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_corpus(data: str, encoding: str = "utf-8", vocab: Vocab | None = None) -> Corpus:
+    """Read and encode a corpus; with `vocab`, it must use only that vocabulary's characters."""
+    text, source = read_text(data, encoding)
+    if not text:
+        raise CharRNNError(f"corpus {source} is empty")
+    vocab = vocab or Vocab.from_text(text)
+    ids = vocab.encode(text, what=f"corpus {source}")
+    return Corpus(ids=ids, vocab=vocab, sha256=text_sha256(text), source=source)

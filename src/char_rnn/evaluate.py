@@ -1,0 +1,120 @@
+"""Loss of a model on a text: nats and bits per character, perplexity.
+
+The text is read with the state carried from character to character. To use the
+whole batch width of the hardware, it is cut into S contiguous streams that are
+read side by side; only the first few characters of each stream lack context, and
+every character after the first is predicted exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast
+from .model import CharRNNModel
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # nats per character
+    chars: int  # number of predicted characters
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "loss": self.loss,
+            "bpc": self.bpc,
+            "perplexity": self.perplexity,
+            "chars": self.chars,
+        }
+
+
+def _streams(ids: np.ndarray, n_streams: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, targets and a mask, each (S, L): the N-1 predictions split into S rows."""
+    n_targets = len(ids) - 1
+    n_streams = max(1, min(n_streams, n_targets))
+    length = math.ceil(n_targets / n_streams)
+    inputs = np.zeros((n_streams, length), dtype=np.int64)
+    targets = np.zeros((n_streams, length), dtype=np.int64)
+    mask = np.zeros((n_streams, length), dtype=bool)
+    for s in range(n_streams):
+        lo, hi = s * length, min((s + 1) * length, n_targets)
+        if lo >= hi:
+            break
+        inputs[s, : hi - lo] = ids[lo:hi]
+        targets[s, : hi - lo] = ids[lo + 1 : hi + 1]
+        mask[s, : hi - lo] = True
+    return inputs, targets, mask
+
+
+@torch.no_grad()
+def evaluate(
+    model: CharRNNModel,
+    ids: np.ndarray,
+    *,
+    streams: int = 16,
+    chunk: int = 256,
+    dtype: torch.dtype = torch.float32,
+) -> EvalResult:
+    """Mean cross-entropy over every next-character prediction in `ids`."""
+    if len(ids) < 2:
+        raise ValueError("evaluation needs at least two characters")
+    device = model.head.weight.device
+    inputs, targets, mask = (torch.from_numpy(a) for a in _streams(ids, streams))
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    for start in range(0, inputs.shape[1], chunk):
+        x = inputs[:, start : start + chunk].to(device)
+        y = targets[:, start : start + chunk].to(device)
+        m = mask[:, start : start + chunk].to(device)
+        with autocast(device, dtype):
+            logits, state = model(x, state)
+        losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (S, T)
+        total += float(losses[m].sum())
+        count += int(m.sum())
+    model.train(was_training)
+    return EvalResult(loss=total / count, chars=count)
+
+
+@torch.no_grad()
+def evaluate_windows(
+    model: CharRNNModel,
+    ids: np.ndarray,
+    *,
+    window: int = 256,
+    batch: int = 64,
+    dtype: torch.dtype = torch.float32,
+) -> EvalResult:
+    """Mean loss over independent windows, each read from a zero state (the protocol
+    transformer baselines such as nanoGPT report)."""
+    n_windows = (len(ids) - 1) // window
+    if n_windows < 1:
+        raise ValueError(f"the text is shorter than one window of {window + 1} characters")
+    device = model.head.weight.device
+    usable = torch.from_numpy(np.asarray(ids[: n_windows * window + 1], dtype=np.int64))
+    inputs = usable[:-1].view(n_windows, window)
+    targets = usable[1:].view(n_windows, window)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, n_windows, batch):
+        x = inputs[start : start + batch].to(device)
+        y = targets[start : start + batch].to(device)
+        with autocast(device, dtype):
+            logits, _ = model(x)
+        total += float(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="sum"))
+    model.train(was_training)
+    return EvalResult(loss=total / inputs.numel(), chars=inputs.numel())

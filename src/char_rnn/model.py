@@ -1,0 +1,74 @@
+"""The network: Embedding -> RNN (GRU, LSTM or tanh RNN) -> Linear.
+
+Shape letters used throughout the package:
+    B batch, T time steps, V vocabulary size, E embedding size, H hidden units, L layers.
+
+The state is what the RNN carries between calls: a tensor (L, B, H) for GRU and RNN,
+a pair of them (h, c) for LSTM. `forward(ids, state)` takes ids (B, T) and returns
+logits (B, T, V) with the new state, so text can be fed whole or in chunks with the
+same result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+_RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
+
+
+class CharRNNModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be set from the corpus before building")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA; dropout applies between layers only.
+        self.rnn = _RNN_CLASSES[config.cell](
+            config.embedding_dim,
+            config.units,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(config.units, config.vocab_size)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        c = self.config
+        device = device or self.head.weight.device
+        zeros = torch.zeros(c.layers, batch_size, c.units, device=device)
+        return (zeros, zeros.clone()) if c.cell == "lstm" else zeros
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        x = self.embedding(ids)  # (B, T, E)
+        out, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(out), state  # (B, T, V)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a batch boundary: the state's value carries on, its gradient does not."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def state_to(state: State, dtype: torch.dtype) -> State:
+    if isinstance(state, tuple):
+        return tuple(s.to(dtype) for s in state)
+    return state.to(dtype)
+
+
+def state_tensors(state: State) -> list[torch.Tensor]:
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(tensors: list[torch.Tensor]) -> State:
+    return tuple(tensors) if len(tensors) == 2 else tensors[0]

@@ -1,0 +1,396 @@
+"""The training loop: one explicit function, its phases labelled.
+
+    setup     -> read the corpus, build model and optimizer, restore a checkpoint
+    step      -> forward, cross-entropy, backward, clip, check for NaN, Adam step
+    epoch end -> validation loss, best weights, early stopping, checkpoint
+    stop      -> at --epochs, --max-steps, --max-time, SIGINT or SIGTERM: checkpoint
+
+The hidden state is carried from batch to batch when the batches are stateful
+streams, detached at each boundary so that gradients stop there (truncated
+backpropagation through time), and reset at the start of every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .batches import make_batches
+from .checkpoint import RunFolder, TrainerState, load_weights, parse_trainer
+from .config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
+from .corpus import Corpus, load_corpus
+from .device import autocast, resolve_device, resolve_precision
+from .errors import CharRNNError, UsageError
+from .evaluate import EvalResult, evaluate
+from .model import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
+
+log = logging.getLogger("char_rnn")
+
+EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    step: int
+    epoch: int
+    stopped: str  # "epochs", "max_steps", "max_time", "patience", "SIGINT", "SIGTERM"
+    train_loss: float | None
+    val: EvalResult | None
+    best_val_loss: float | None
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warmup, then constant or cosine decay to min_lr_fraction of the peak."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(total_steps - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    floor = config.lr * config.min_lr_fraction
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def versions() -> dict[str, str]:
+    return {
+        "char_rnn": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def resume_configs(out: str, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
+    """The configs a run was saved with, with the given (non-None) training options changed.
+
+    A model option that differs from the saved one is refused: a checkpoint's weights
+    only fit the shape they were trained with."""
+    saved = RunFolder(out).read_config()
+    model = from_dict(ModelConfig, saved["model"])
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        if hasattr(model, key) and getattr(model, key) != value:
+            raise UsageError(
+                f"--{key.replace('_', '-')} {value} does not match the checkpoint's "
+                f"{getattr(model, key)}: a resumed model keeps its shape"
+            )
+    train_values = {**saved["train"], **{k: v for k, v in given.items() if not hasattr(model, k)}}
+    train_values.update(out=out, resume=True)
+    return model, from_dict(TrainConfig, train_values)
+
+
+# ---- signals ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict[str, str]]:
+    """Turn SIGINT/SIGTERM into a request to stop after the current step."""
+    request: dict[str, str] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        request["signal"] = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ---- setup -----------------------------------------------------------------------------
+
+
+def _check_resume(saved: dict[str, Any], corpus: Corpus, model_config: ModelConfig) -> None:
+    saved_vocab = saved["vocab"]
+    if list(corpus.vocab.chars) != saved_vocab:
+        extra = sorted(set(corpus.vocab.chars) - set(saved_vocab))
+        raise CharRNNError(
+            f"vocabulary mismatch: the corpus has {len(corpus.vocab)} characters, the "
+            f"checkpoint {len(saved_vocab)}"
+            + (f" (new: {''.join(extra[:20])!r})" if extra else "")
+            + "; resume with the corpus the run started with"
+        )
+    if saved.get("corpus", {}).get("sha256") != corpus.sha256:
+        raise CharRNNError(
+            f"corpus mismatch: {corpus.source} is not the text this run was trained on "
+            "(its sha256 differs); resume with the original corpus"
+        )
+    saved_model = from_dict(ModelConfig, saved["model"])
+    if saved_model != model_config:
+        diffs = [
+            f"{k} {getattr(model_config, k)!r} vs saved {getattr(saved_model, k)!r}"
+            for k in to_dict(saved_model)
+            if getattr(saved_model, k) != getattr(model_config, k)
+        ]
+        raise CharRNNError(f"model shape mismatch: {', '.join(diffs)}")
+
+
+def _run_config(model_config: ModelConfig, config: TrainConfig, corpus: Corpus) -> dict[str, Any]:
+    return {
+        "model": to_dict(model_config),
+        "vocab": list(corpus.vocab.chars),
+        "train": to_dict(config),
+        "corpus": {"sha256": corpus.sha256, "source": corpus.source, "chars": len(corpus)},
+        "versions": versions(),
+    }
+
+
+# ---- the loop --------------------------------------------------------------------------
+
+
+class _Trainer:
+    """The mutable state of one training invocation; `train()` drives it."""
+
+    def __init__(self, model_config: ModelConfig, config: TrainConfig):
+        self.config = config
+        self.run = RunFolder(config.out)
+        saved = self.run.read_config() if config.resume else None
+        if not config.resume:
+            self.run.prepare_new()
+        self.corpus = load_corpus(config.data, config.encoding)
+        self.model_config = with_vocab(model_config, len(self.corpus.vocab))
+        if saved is not None:
+            _check_resume(saved, self.corpus, self.model_config)
+        self.train_ids, self.val_ids = self.corpus.split(config.val_fraction)
+        self.batches = make_batches(
+            self.train_ids, config.batching, config.batch_size, config.seq_length, config.seed
+        )
+        if len(self.val_ids) < 2:
+            self.val_ids = self.val_ids[:0]
+
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.model = CharRNNModel(self.model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.counters: dict[str, Any] = {
+            "step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_val_loss": None,
+            "bad_epochs": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0,
+        }  # fmt: skip
+        self.state: State | None = None
+        self.saved_step = -1
+        self.validated_step = -1
+        if saved is not None:
+            self._restore()
+        else:
+            self.run.write_config(_run_config(self.model_config, config, self.corpus))
+
+    @property
+    def total_steps(self) -> int:
+        planned = self.config.epochs * self.batches.batches_per_epoch
+        return min(planned, self.config.max_steps) if self.config.max_steps else planned
+
+    def _restore(self) -> None:
+        folder = self.run.latest_checkpoint()
+        load_weights(self.model, folder / "model.safetensors")
+        trainer = parse_trainer(folder / "trainer.safetensors")
+        try:
+            self.optimizer.load_state_dict(trainer.optimizer)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CharRNNError(f"optimizer state in {folder} does not fit: {error}") from None
+        self.counters.update(trainer.counters)
+        self.saved_step = self.counters["step"]
+        torch.set_rng_state(trainer.rng)
+        if trainer.hidden and self.batches.stateful and self.counters["batch"] > 0:
+            self.state = state_from_tensors([h.to(self.device) for h in trainer.hidden])
+        # Record the options this invocation resumed with (e.g. a new --max-steps).
+        payload = self.run.read_config()
+        payload["train"] = to_dict(self.config)
+        payload.pop("format_version", None)
+        self.run.write_config(payload)
+        log.info("resumed from %s (step %d, epoch %d)", folder.name, self.counters["step"],
+                 self.counters["epoch"] + 1)  # fmt: skip
+
+    def checkpoint(self) -> None:
+        if self.saved_step == self.counters["step"]:
+            return
+        hidden = state_tensors(self.state) if self.state is not None else []
+        trainer = TrainerState(
+            counters=dict(self.counters),
+            optimizer=self.optimizer.state_dict(),
+            rng=torch.get_rng_state(),
+            hidden=hidden,
+        )
+        self.run.save_checkpoint(self.model, trainer)
+        self.saved_step = self.counters["step"]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step on a (B, T) batch; returns the loss in nats/char."""
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, self.counters["step"], self.total_steps)
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        state = self.state if self.batches.stateful else None
+        with autocast(self.device, self.dtype):
+            logits, state = self.model(x, state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        loss_value = float(loss.detach())
+        if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            raise CharRNNError(
+                f"training diverged at step {self.counters['step'] + 1}: the loss or gradient "
+                "is not finite; lower --lr or --grad-clip (no checkpoint was written from it)"
+            )
+        self.optimizer.step()
+        # The state's value carries into the next batch; its graph must not.
+        self.state = detach_state(state) if self.batches.stateful else None
+        return loss_value
+
+    def validate(self) -> EvalResult | None:
+        if len(self.val_ids) < 2:
+            return None
+        return evaluate(self.model, self.val_ids, dtype=self.dtype)
+
+
+def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
+    """Train (or, with `config.resume`, continue training) and return where it stopped."""
+    trainer = _Trainer(model_config, config)
+    run, counters = trainer.run, trainer.counters
+    per_epoch = trainer.batches.batches_per_epoch
+    chars_per_step = config.batch_size * config.seq_length
+    started = time.monotonic()
+    elapsed_before = counters["elapsed"]
+    log.info(
+        "training %s %d x %d (%s parameters) on %d characters, %d batches an epoch, %s %s",
+        config.batching, config.batch_size, config.seq_length,
+        f"{trainer.model.num_parameters():,}", len(trainer.train_ids), per_epoch,
+        trainer.device.type, str(trainer.dtype).replace("torch.", ""),
+    )  # fmt: skip
+    progress = _progress_bar(config, trainer.total_steps, counters["step"])
+    stopped, val, last_loss = "epochs", None, None
+    window_start, window_steps, window_loss = time.monotonic(), 0, 0.0
+
+    def record(kind: str, **figures: Any) -> None:
+        counters["elapsed"] = elapsed_before + time.monotonic() - started
+        entry = {"kind": kind, "step": counters["step"], "epoch": counters["epoch"] + 1,
+                 "time": round(counters["elapsed"], 3), **figures}  # fmt: skip
+        run.append_metrics(entry)
+
+    with stop_on_signals() as request, progress:
+        while counters["epoch"] < config.epochs and stopped == "epochs":
+            if counters["batch"] == 0:
+                trainer.state = None  # every epoch starts its streams from a zero state
+            # ---- steps ----
+            while counters["batch"] < per_epoch:
+                x, y = trainer.batches.get(counters["epoch"], counters["batch"])
+                last_loss = trainer.step(x, y)
+                counters["step"] += 1
+                counters["batch"] += 1
+                counters["epoch_loss_sum"] += last_loss
+                counters["epoch_loss_count"] += 1
+                window_steps += 1
+                window_loss += last_loss
+                progress.update(1)
+                progress.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                if counters["step"] % config.log_every == 0:
+                    now = time.monotonic()
+                    speed = window_steps * chars_per_step / max(now - window_start, 1e-9)
+                    mean = window_loss / window_steps
+                    record("train", loss=mean, lr=trainer.optimizer.param_groups[0]["lr"],
+                           chars_per_s=round(speed, 1))  # fmt: skip
+                    _say(
+                        progress,
+                        f"step {counters['step']}: loss {mean:.4f} "
+                        f"({mean / math.log(2):.3f} bpc), {speed:,.0f} chars/s",
+                    )
+                    window_start, window_steps, window_loss = now, 0, 0.0
+                if config.eval_every_steps and counters["step"] % config.eval_every_steps == 0:
+                    val = _evaluate_and_keep_best(trainer, record, progress)
+                if request:
+                    stopped = request["signal"]
+                elif config.max_steps and counters["step"] >= config.max_steps:
+                    stopped = "max_steps"
+                elif config.max_time and time.monotonic() - started >= config.max_time:
+                    stopped = "max_time"
+                if stopped != "epochs":
+                    break
+                if config.checkpoint_every_steps and counters["step"] % config.checkpoint_every_steps == 0:
+                    trainer.checkpoint()
+            # ---- epoch end ----
+            if counters["batch"] >= per_epoch:
+                train_loss = counters["epoch_loss_sum"] / max(counters["epoch_loss_count"], 1)
+                record("epoch_train", train_loss=train_loss, train_bpc=train_loss / math.log(2))
+                val = _evaluate_and_keep_best(trainer, record, progress, epoch_end=True)
+                counters.update(epoch=counters["epoch"] + 1, batch=0, epoch_loss_sum=0.0,
+                                epoch_loss_count=0)  # fmt: skip
+                _say(
+                    progress,
+                    f"epoch {counters['epoch']}: train loss {train_loss:.4f} "
+                    f"({train_loss / math.log(2):.3f} bpc)" + _val_text(val),
+                )
+                if config.patience and counters["bad_epochs"] >= config.patience:
+                    stopped = "patience"
+                if counters["epoch"] % config.checkpoint_every_epochs == 0 and stopped == "epochs":
+                    trainer.checkpoint()
+        # ---- stop ----
+        if stopped not in EXIT_SIGNALS and trainer.validated_step != counters["step"]:
+            val = _evaluate_and_keep_best(trainer, record, progress)
+        record("stop", reason=stopped)
+        trainer.checkpoint()
+    log.info("stopped (%s) at step %d, epoch %d; checkpoint in %s", stopped, counters["step"],
+             counters["epoch"] + (counters["batch"] > 0), run.path)  # fmt: skip
+    return TrainResult(
+        run=run.path, step=counters["step"], epoch=counters["epoch"], stopped=stopped,
+        train_loss=last_loss, val=val, best_val_loss=counters["best_val_loss"],
+    )  # fmt: skip
+
+
+def _evaluate_and_keep_best(trainer: _Trainer, record, progress, epoch_end: bool = False):
+    val = trainer.validate()
+    counters = trainer.counters
+    trainer.validated_step = counters["step"]
+    if val is None:
+        return None
+    record("val", val_loss=val.loss, val_bpc=val.bpc, val_chars=val.chars)
+    best = counters["best_val_loss"]
+    if best is None or val.loss < best:
+        counters.update(best_val_loss=val.loss, bad_epochs=0)
+        trainer.run.save_best(trainer.model)
+    elif epoch_end:
+        counters["bad_epochs"] += 1
+    if not epoch_end:
+        _say(progress, f"step {counters['step']}:" + _val_text(val).lstrip(","))
+    return val
+
+
+def _val_text(val: EvalResult | None) -> str:
+    return f", validation loss {val.loss:.4f} ({val.bpc:.3f} bpc)" if val else ""
+
+
+def _progress_bar(config: TrainConfig, total: int, initial: int):
+    from tqdm import tqdm
+
+    show = not config.quiet and sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True,
+                leave=False)  # fmt: skip
+
+
+def _say(progress, message: str) -> None:
+    """A log line that does not break the progress bar."""
+    if progress.disable:
+        log.info(message)
+    else:
+        progress.write(message, file=sys.stderr)

@@ -1,0 +1,71 @@
+"""Shared fixtures: the offline Shakespeare copy, a small slice of it, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from char_rnn.config import ModelConfig, TrainConfig
+from char_rnn.corpus import DATA_ENV, SHAKESPEARE_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shakespeare_folder() -> Path:
+    folder = Path(os.environ.get(DATA_ENV) or SHARED_DATA)
+    if not (folder / SHAKESPEARE_FILE).is_file():
+        pytest.skip(f"no offline copy of {SHAKESPEARE_FILE} (set {DATA_ENV})")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def offline_shakespeare(monkeypatch):
+    """Point the `shakespeare` corpus at the offline copy, so no test needs the network."""
+    folder = Path(os.environ.get(DATA_ENV) or SHARED_DATA)
+    if (folder / SHAKESPEARE_FILE).is_file():
+        monkeypatch.setenv(DATA_ENV, str(folder))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    return (shakespeare_folder() / SHAKESPEARE_FILE).read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def small_corpus(tmp_path, shakespeare_text) -> Path:
+    """The first 30,000 characters of Shakespeare (all 65 characters do not occur in it)."""
+    path = tmp_path / "small.txt"
+    path.write_text(shakespeare_text[:30_000], encoding="utf-8")
+    return path
+
+
+TINY_MODEL = ModelConfig(embedding_dim=16, units=48, layers=1, cell="gru")
+
+
+def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:
+    values = dict(
+        data=str(data), out=str(out), batch_size=8, seq_length=32, log_every=10,
+        epochs=1, seed=0, quiet=True, precision="fp32",
+    )  # fmt: skip
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, **kwargs):
+    """Run `python -m char_rnn ARGS` as a user would, returning the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "char_rnn", *map(str, args)],
+        capture_output=True, text=True, env=full_env, timeout=timeout, **kwargs,
+    )  # fmt: skip
+
+
+TINY_FLAGS = (
+    "--embedding-dim", "16", "--units", "48", "--batch-size", "8", "--seq-length", "32",
+    "--log-every", "10", "--precision", "fp32",
+)  # fmt: skip

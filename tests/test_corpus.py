@@ -1,0 +1,77 @@
+import pytest
+
+from char_rnn.corpus import SHAKESPEARE_SHA256, load_corpus, read_text, sha256_file, shakespeare_path
+from char_rnn.errors import CharRNNError
+
+
+def test_shakespeare_comes_from_the_local_folder_and_matches_the_tutorial(shakespeare_text):
+    path = shakespeare_path()
+    assert sha256_file(path) == SHAKESPEARE_SHA256
+    corpus = load_corpus("shakespeare")
+    assert len(corpus) == 1_115_394
+    assert len(corpus.vocab) == 65
+
+
+def test_a_tampered_local_copy_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "shakespeare.txt").write_text("not shakespeare")
+    monkeypatch.setenv("CHAR_RNN_DATA", str(tmp_path))
+    with pytest.raises(CharRNNError, match="sha256"):
+        shakespeare_path()
+
+
+def test_folder_is_read_in_sorted_order_and_joined(tmp_path):
+    (tmp_path / "b.txt").write_text("second\n")
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / ".hidden").write_text("never")
+    text, _ = read_text(str(tmp_path))
+    assert text == "first\nsecond\n"
+
+
+def test_non_utf8_names_the_offset(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(CharRNNError, match="byte offset 3"):
+        read_text(str(path))
+    text, _ = read_text(str(path), encoding="latin-1")
+    assert text == "café au lait"
+
+
+def test_unknown_encoding_is_a_usage_error(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("abc")
+    with pytest.raises(ValueError, match="unknown encoding"):
+        read_text(str(path), encoding="no-such-codec")
+
+
+def _make(tmp_path, kind):
+    if kind == "missing":
+        return tmp_path / "missing.txt"
+    if kind == "empty folder":
+        (tmp_path / "empty").mkdir()
+        return tmp_path / "empty"
+    path = tmp_path / "file"
+    path.write_bytes(b"\x00\x01\x02" if kind == "binary" else b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "does not exist"),
+        ("empty folder", "holds no text files"),
+        ("binary", "binary"),
+        ("empty file", "is empty"),
+    ],
+)
+def test_bad_corpora_give_clear_errors(tmp_path, kind, message):
+    with pytest.raises(CharRNNError, match=message):
+        load_corpus(str(_make(tmp_path, kind)))
+
+
+def test_split_holds_out_the_last_fraction(small_corpus):
+    corpus = load_corpus(str(small_corpus))
+    train, val = corpus.split(0.1)
+    assert len(val) == 3000 and len(train) == 27000
+    assert (val == corpus.ids[-3000:]).all()
+    train, val = corpus.split(0.0)
+    assert len(val) == 0 and len(train) == len(corpus)

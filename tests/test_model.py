@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from char_rnn.config import ModelConfig
+from char_rnn.model import CharRNNModel
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_whole_sequence_equals_chunks_with_state_carried(cell, layers):
+    torch.manual_seed(0)
+    model = CharRNNModel(ModelConfig(vocab_size=11, embedding_dim=8, units=16, layers=layers, cell=cell))
+    model.eval()
+    ids = torch.randint(0, 11, (3, 24))
+    whole, _ = model(ids)
+    assert whole.shape == (3, 24, 11)
+    state, pieces = None, []
+    for chunk in ids.split(5, dim=1):
+        logits, state = model(chunk, state)
+        pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole)
+
+
+def test_tutorial_shapes_and_parameter_count():
+    model = CharRNNModel(ModelConfig(vocab_size=65))
+    # Embedding 65x256, GRU 3*(1024*256 + 1024*1024 + 2*1024), Dense 1024*65 + 65
+    expected = 65 * 256 + 3 * (1024 * 256 + 1024 * 1024 + 2 * 1024) + 1024 * 65 + 65
+    assert model.num_parameters() == expected == 4_021_569
+
+
+def test_initial_state_shapes():
+    lstm = CharRNNModel(ModelConfig(vocab_size=5, units=7, layers=2, cell="lstm"))
+    h, c = lstm.initial_state(3)
+    assert h.shape == c.shape == (2, 3, 7)
+    gru = CharRNNModel(ModelConfig(vocab_size=5, units=7, layers=2))
+    assert gru.initial_state(3).shape == (2, 3, 7)
+
+
+def test_dropout_between_layers_only_in_training():
+    model = CharRNNModel(ModelConfig(vocab_size=5, embedding_dim=4, units=8, layers=2, dropout=0.5))
+    ids = torch.randint(0, 5, (2, 6))
+    model.eval()
+    a, _ = model(ids)
+    b, _ = model(ids)
+    torch.testing.assert_close(a, b)
+    model.train()
+    torch.manual_seed(1)
+    c, _ = model(ids)
+    assert not torch.allclose(a, c)
