@@ -124,3 +124,10 @@ def test_validation_fraction_zero_trains_without_validation(small_corpus, tmp_pa
         TINY_MODEL, tiny_train_config(small_corpus, tmp_path / "run", val_fraction=0.0, max_steps=5)
     )
     assert result.val is None
+
+
+def test_cosine_follows_the_time_budget_when_it_runs_out_first():
+    config = tiny_train_config("x", "y", lr=1.0, lr_schedule="cosine", min_lr_fraction=0.0)
+    assert learning_rate(config, 10, 1000, time_fraction=0.5) == pytest.approx(0.5)
+    assert learning_rate(config, 10, 1000, time_fraction=1.0) == pytest.approx(0.0)
+    assert learning_rate(config, 500, 1000, time_fraction=0.1) == pytest.approx(0.5)

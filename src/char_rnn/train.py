@@ -79,8 +79,12 @@ def resume_configs(out: str, **overrides: Any) -> tuple[ModelConfig, TrainConfig
 
     A model option that differs from the saved one is refused: a checkpoint's weights
     only fit the shape they were trained with."""
-    saved = RunFolder(out).read_config()
-    model = from_dict(ModelConfig, saved["model"])
+    run = RunFolder(out)
+    saved = run.read_config()
+    try:
+        model = from_dict(ModelConfig, saved["model"])
+    except (TypeError, UsageError) as error:
+        raise CharRNNError(f"{run.config_path} has an invalid model config: {error}") from None
     given = {k: v for k, v in overrides.items() if v is not None}
     for key, value in given.items():
         if hasattr(model, key) and getattr(model, key) != value:
@@ -201,6 +205,12 @@ class _Trainer:
         return min(planned, self.config.max_steps) if self.config.max_steps else planned
 
     def _restore(self) -> None:
+        folder = next(self.run.complete_checkpoints(), None)
+        self.run.clean_after_crash(folder)
+        if folder is None and not self.run.has_committed_checkpoint():
+            # Killed before its first checkpoint: the seed makes starting over exact.
+            log.info("no checkpoint was committed yet; starting %s from step 0", self.run.path)
+            return
         folder = self.run.latest_checkpoint()
         load_weights(self.model, folder / "model.safetensors")
         trainer = parse_trainer(folder / "trainer.safetensors")
@@ -231,11 +241,12 @@ class _Trainer:
             rng=torch.get_rng_state(),
             hidden=hidden,
         )
-        self.run.save_checkpoint(self.model, trainer)
+        self.run.save_checkpoint(self.model, trainer, keep_last=self.config.keep_last)
         self.saved_step = self.counters["step"]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimizer step on a (B, T) batch; returns the loss in nats/char."""
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        """One optimizer step on a (B, T) batch; returns the loss in nats/char, or None
+        when the step was skipped because the loss or gradient was not finite."""
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, self.counters["step"], self.total_steps)
@@ -250,6 +261,14 @@ class _Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         loss_value = float(loss.detach())
         if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            if config.on_nonfinite == "skip":
+                self.optimizer.zero_grad(set_to_none=True)
+                self.counters["skipped_steps"] = self.counters.get("skipped_steps", 0) + 1
+                log.warning("step %d skipped: the loss or gradient is not finite", self.counters["step"] + 1)
+                # A non-finite state would poison every later batch of the stream.
+                finite = all(bool(t.isfinite().all()) for t in state_tensors(state))
+                self.state = detach_state(state) if self.batches.stateful and finite else None
+                return None
             raise CharRNNError(
                 f"training diverged at step {self.counters['step'] + 1}: the loss or gradient "
                 "is not finite; lower --lr or --grad-clip (no checkpoint was written from it)"
@@ -296,16 +315,18 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
             # ---- steps ----
             while counters["batch"] < per_epoch:
                 x, y = trainer.batches.get(counters["epoch"], counters["batch"])
-                last_loss = trainer.step(x, y)
+                loss = trainer.step(x, y)
                 counters["step"] += 1
                 counters["batch"] += 1
-                counters["epoch_loss_sum"] += last_loss
-                counters["epoch_loss_count"] += 1
-                window_steps += 1
-                window_loss += last_loss
                 progress.update(1)
-                progress.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-                if counters["step"] % config.log_every == 0:
+                if loss is not None:
+                    last_loss = loss
+                    counters["epoch_loss_sum"] += last_loss
+                    counters["epoch_loss_count"] += 1
+                    window_steps += 1
+                    window_loss += last_loss
+                    progress.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                if counters["step"] % config.log_every == 0 and window_steps:
                     now = time.monotonic()
                     speed = window_steps * chars_per_step / max(now - window_start, 1e-9)
                     mean = window_loss / window_steps
@@ -352,10 +373,21 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
         trainer.checkpoint()
     log.info("stopped (%s) at step %d, epoch %d; checkpoint in %s", stopped, counters["step"],
              counters["epoch"] + (counters["batch"] > 0), run.path)  # fmt: skip
+    _draw_curves(run)
     return TrainResult(
         run=run.path, step=counters["step"], epoch=counters["epoch"], stopped=stopped,
         train_loss=last_loss, val=val, best_val_loss=counters["best_val_loss"],
     )  # fmt: skip
+
+
+def _draw_curves(run: RunFolder) -> None:
+    """RUN/curves.png: a picture that cannot be drawn never fails the training it shows."""
+    try:
+        from .plot import plot_run
+
+        plot_run(run.path)
+    except Exception as error:  # matplotlib missing or broken, a full disk, ...
+        log.warning("training curves not drawn: %s", error)
 
 
 def _evaluate_and_keep_best(trainer: _Trainer, record, progress, epoch_end: bool = False):
@@ -366,7 +398,7 @@ def _evaluate_and_keep_best(trainer: _Trainer, record, progress, epoch_end: bool
         return None
     record("val", val_loss=val.loss, val_bpc=val.bpc, val_chars=val.chars)
     best = counters["best_val_loss"]
-    if best is None or val.loss < best:
+    if math.isfinite(val.loss) and (best is None or val.loss < best):
         counters.update(best_val_loss=val.loss, bad_epochs=0)
         trainer.run.save_best(trainer.model)
     elif epoch_end:
