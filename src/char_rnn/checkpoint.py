@@ -109,6 +109,8 @@ def read_json(path: Path, what: str) -> Any:
         raise CharRNNError(f"{what} {path} is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CharRNNError(f"{what} {path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise CharRNNError(f"{what} {path} is not valid JSON (nested too deeply)") from None
     except OSError as error:
         raise CharRNNError(f"cannot read {what} {path}: {error.strerror}") from None
 
@@ -129,8 +131,13 @@ def read_tensors_with_metadata(path: Path, what: str) -> tuple[dict[str, torch.T
     tensors = read_tensors(path, what)
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CharRNNError(
+            f"{what} {path} is not a readable safetensors file ({_first_line(error)})"
+        ) from None
     return tensors, metadata
 
 
@@ -148,6 +155,16 @@ def weights_bytes(model: torch.nn.Module) -> bytes:
         name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()
     }
     return save(tensors, metadata={"format_version": str(FORMAT_VERSION)})
+
+
+def check_finite(model: torch.nn.Module, what: str) -> None:
+    """Refuse to save weights holding NaN or infinity: a checkpoint must stay usable."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise CharRNNError(
+            f"the weights are no longer finite ({', '.join(bad[:3])}); {what} was not written. "
+            "Lower --lr or --grad-clip and resume from the last checkpoint"
+        )
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -223,15 +240,15 @@ def parse_trainer(path: Path) -> TrainerState:
         counters = json.loads(metadata["counters"])
         optimizer_meta = json.loads(metadata["optimizer"])
         rng = tensors["rng.torch"]
-    except (KeyError, json.JSONDecodeError) as error:
-        raise CharRNNError(f"trainer state {path} is incomplete ({error})") from None
-    hidden = [tensors[f"hidden.{i}"] for i in range(sum(k.startswith("hidden.") for k in tensors))]
-    return TrainerState(
-        counters=counters,
-        optimizer=optimizer_from_tensors(tensors, optimizer_meta),
-        rng=rng,
-        hidden=hidden,
-    )
+        if not isinstance(counters, dict) or not isinstance(counters.get("step"), int):
+            raise ValueError("the counters hold no step")
+        if rng.dtype != torch.uint8 or rng.dim() != 1:
+            raise ValueError("the RNG state is not a byte vector")
+        hidden = [tensors[f"hidden.{i}"] for i in range(sum(k.startswith("hidden.") for k in tensors))]
+        optimizer = optimizer_from_tensors(tensors, optimizer_meta)
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
+        raise CharRNNError(f"trainer state {path} is incomplete or damaged ({_first_line(error)})") from None
+    return TrainerState(counters=counters, optimizer=optimizer, rng=rng, hidden=hidden)
 
 
 class RunFolder:
@@ -286,15 +303,16 @@ class RunFolder:
                 f"{self.config_path} was written by a newer char-rnn (format {version}, this "
                 f"one reads up to {FORMAT_VERSION}); upgrade char-rnn"
             )
-        for key in ("model", "vocab", "train"):
-            if key not in config:
-                raise CharRNNError(f"run config {self.config_path} lacks '{key}'")
+        for key, kind in (("model", dict), ("vocab", list), ("train", dict)):
+            if not isinstance(config.get(key), kind):
+                raise CharRNNError(f"run config {self.config_path} lacks a valid '{key}'")
         return config
 
     # checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self, model: torch.nn.Module, trainer: TrainerState, keep_last: int = 3) -> Path:
         """Commit a resumable checkpoint, then refresh model.safetensors and prune old ones."""
+        check_finite(model, "the checkpoint")
         step = int(trainer.counters["step"])
         folder = self.checkpoints / f"step-{step:09d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -313,6 +331,7 @@ class RunFolder:
         return folder
 
     def save_best(self, model: torch.nn.Module) -> None:
+        check_finite(model, BEST_FILE)
         write_atomic(self.path / BEST_FILE, weights_bytes(model))
 
     def complete_checkpoints(self) -> Iterator[Path]:
@@ -339,11 +358,37 @@ class RunFolder:
             raise CharRNNError(f"{self.path} holds no complete checkpoint to resume from")
         return newest
 
+    def has_committed_checkpoint(self) -> bool:
+        """Whether any checkpoint was ever committed (it may since have been damaged)."""
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob(f"step-*/{MANIFEST_FILE}"))
+
     def prune(self, keep_last: int) -> None:
-        """Remove all but the newest `keep_last` complete checkpoints (never the newest)."""
+        """Remove all but the newest `keep_last` complete checkpoints (never the newest).
+
+        A folder is first renamed out of the `step-*` namespace, atomically, and only then
+        deleted: a crash in the middle of the deletion leaves a hidden folder that the next
+        prune finishes removing, never a half-deleted checkpoint that looks like one."""
+        for leftover in self.checkpoints.glob(".pruned-step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         complete = list(self.complete_checkpoints())
         for folder in complete[max(keep_last, 1) :]:
-            shutil.rmtree(folder, ignore_errors=True)
+            hidden = folder.with_name(f".pruned-{folder.name}-{os.urandom(4).hex()}")
+            os.replace(folder, hidden)
+            fsync_dir(self.checkpoints)
+            shutil.rmtree(hidden, ignore_errors=True)
+
+    def clean_after_crash(self, newest: Path | None) -> None:
+        """Remove what a killed writer left: temporary files, and make model.safetensors
+        the newest committed weights (a crash can fall between the commit and its refresh)."""
+        folders = [self.path, *(self.checkpoints.glob("step-*") if self.checkpoints.is_dir() else [])]
+        for folder in folders:
+            for temporary in folder.glob(".*.tmp"):
+                temporary.unlink(missing_ok=True)
+        if newest is not None:
+            weights = (newest / MODEL_FILE).read_bytes()
+            current = self.path / MODEL_FILE
+            if not current.is_file() or current.read_bytes() != weights:
+                write_atomic(current, weights)
 
     def weights_path(self, which: str = "latest") -> Path:
         name = {"latest": MODEL_FILE, "best": BEST_FILE}.get(which)

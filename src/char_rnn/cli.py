@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import BATCHINGS, CELLS, PRECISIONS, PRESETS, SCHEDULES
+from .config import BATCHINGS, CELLS, ON_NONFINITE, PRECISIONS, PRESETS, SCHEDULES
 from .errors import CharRNNError, UsageError
 
 PROG = "char-rnn"
@@ -79,6 +79,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     stop.add_argument("--eval-every-steps", type=int, help="validate every N steps too")
     stop.add_argument("--checkpoint-every-epochs", type=int, help="default 5")
     stop.add_argument("--checkpoint-every-steps", type=int, help="also every N steps")
+    stop.add_argument("--keep-last", type=int, help="complete checkpoints to keep (default 3)")
+    stop.add_argument("--on-nonfinite", choices=ON_NONFINITE,
+                      help="a NaN/inf loss or gradient: stop (default) or skip that step")  # fmt: skip
     stop.add_argument("--quiet", action="store_true", default=None, help="no progress output")
     p.set_defaults(handler=cmd_train)
 
@@ -164,7 +167,7 @@ TRAIN_FLAGS = (
     "embedding_dim", "units", "layers", "dropout", "lr", "lr_schedule", "warmup_steps",
     "min_lr_fraction", "weight_decay", "grad_clip", "precision", "device", "seed", "out",
     "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps",
-    "checkpoint_every_epochs", "checkpoint_every_steps", "quiet",
+    "checkpoint_every_epochs", "checkpoint_every_steps", "keep_last", "on_nonfinite", "quiet",
 )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ CELLS = ("gru", "lstm", "rnn")
 BATCHINGS = ("stateful", "shuffle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
+ON_NONFINITE = ("stop", "skip")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -85,6 +86,8 @@ class TrainConfig:
     eval_every_steps: int | None = None
     checkpoint_every_epochs: int = 5
     checkpoint_every_steps: int | None = None
+    keep_last: int = 3  # complete checkpoints kept; older ones are pruned
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop, or skip the step
     precision: str = "auto"
     device: str = "auto"
     resume: bool = False
@@ -102,7 +105,8 @@ class TrainConfig:
             self.batching in BATCHINGS,
             f"batching must be one of {', '.join(BATCHINGS)}, got {self.batching!r}",
         )
-        for name in ("batch_size", "seq_length", "epochs", "log_every", "checkpoint_every_epochs"):
+        positive = ("batch_size", "seq_length", "epochs", "log_every", "checkpoint_every_epochs", "keep_last")
+        for name in positive:
             _positive_int(name, getattr(self, name))
         for name in ("max_steps", "patience", "eval_every_steps", "checkpoint_every_steps"):
             value = getattr(self, name)
@@ -131,6 +135,10 @@ class TrainConfig:
             _finite("max_time", self.max_time)
             _require(self.max_time > 0, f"max_time must be positive, got {self.max_time!r}")
         _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _require(
+            self.on_nonfinite in ON_NONFINITE,
+            f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got {self.on_nonfinite!r}",
+        )
         _require(
             self.precision in PRECISIONS,
             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
