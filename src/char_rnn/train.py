@@ -54,14 +54,17 @@ class TrainResult:
     best_val_loss: float | None
 
 
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """Linear warmup, then constant or cosine decay to min_lr_fraction of the peak."""
+def learning_rate(config: TrainConfig, step: int, total_steps: int, time_fraction: float = 0.0) -> float:
+    """Linear warmup, then constant or cosine decay to min_lr_fraction of the peak.
+
+    The cosine follows whichever budget runs out first: steps, or (with --max-time) the
+    fraction of the time already spent, so a time-limited run still ends its decay."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "constant":
         return config.lr
     span = max(total_steps - config.warmup_steps, 1)
-    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    progress = min(max((step - config.warmup_steps) / span, time_fraction, 0.0), 1.0)
     floor = config.lr * config.min_lr_fraction
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -244,12 +247,12 @@ class _Trainer:
         self.run.save_checkpoint(self.model, trainer, keep_last=self.config.keep_last)
         self.saved_step = self.counters["step"]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, time_fraction: float = 0.0) -> float | None:
         """One optimizer step on a (B, T) batch; returns the loss in nats/char, or None
         when the step was skipped because the loss or gradient was not finite."""
         config = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config, self.counters["step"], self.total_steps)
+            group["lr"] = learning_rate(config, self.counters["step"], self.total_steps, time_fraction)
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         state = self.state if self.batches.stateful else None
@@ -315,7 +318,8 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
             # ---- steps ----
             while counters["batch"] < per_epoch:
                 x, y = trainer.batches.get(counters["epoch"], counters["batch"])
-                loss = trainer.step(x, y)
+                spent = (time.monotonic() - started) / config.max_time if config.max_time else 0.0
+                loss = trainer.step(x, y, spent)
                 counters["step"] += 1
                 counters["batch"] += 1
                 progress.update(1)
