@@ -15,14 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from .beam import BeamResult, beam_search
 from .checkpoint import RunFolder, load_weights
 from .config import ModelConfig, SampleConfig, build_configs, from_dict
 from .corpus import read_text
 from .device import resolve_device
+from .engine import DEFAULT_ENGINE, engine_stream
 from .errors import CharRNNError
 from .evaluate import EvalResult, evaluate, evaluate_windows
 from .model import CharRNNModel
-from .sample import generate, stream
+from .sample import generate
 from .train import TrainResult, resume_configs, train
 from .vocab import Vocab
 
@@ -30,14 +32,29 @@ from .vocab import Vocab
 class CharRNN:
     """A model loaded from a run folder."""
 
-    def __init__(self, model: CharRNNModel, vocab: Vocab, run_config: dict[str, Any]):
+    def __init__(
+        self, model: CharRNNModel, vocab: Vocab, run_config: dict[str, Any], engine: str = DEFAULT_ENGINE
+    ):
         self.model = model
         self.vocab = vocab
         self.run_config = run_config
+        self.engine = engine  # how stream/generate run the model: see char_rnn.engine
+        self._stream = engine_stream(engine)
 
     @classmethod
-    def load(cls, run: str | os.PathLike, *, which: str = "latest", device: str = "cpu") -> CharRNN:
-        """Load the newest weights of a run folder (`which="best"` for the best ones)."""
+    def load(
+        cls,
+        run: str | os.PathLike,
+        *,
+        which: str = "latest",
+        device: str = "cpu",
+        engine: str = DEFAULT_ENGINE,
+    ) -> CharRNN:
+        """Load the newest weights of a run folder (`which="best"` for the best ones).
+
+        `engine="fast"` (the default) generates through a compiled loop with int8 weights
+        on the CPU; `engine="reference"` calls the model once per character."""
+        engine_stream(engine)  # an unknown engine fails before the weights load
         folder = RunFolder(run)
         saved = folder.read_config()
         vocab = Vocab.from_json(saved["vocab"])
@@ -53,7 +70,7 @@ class CharRNN:
         model = CharRNNModel(config)
         load_weights(model, folder.weights_path(which))
         model.to(resolve_device(device)).eval()
-        return cls(model, vocab, saved)
+        return cls(model, vocab, saved, engine)
 
     @classmethod
     def train(cls, preset: str | None = None, **options: Any) -> CharRNN:
@@ -67,13 +84,17 @@ class CharRNN:
 
     def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
         """Yield each step's next character for every sample, as it is generated."""
-        return stream(self.model, self.vocab, SampleConfig(start=start, **options))
+        return self._stream(self.model, self.vocab, SampleConfig(start=start, **options))
 
     def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
         """The start string plus `length` generated characters; a list when num_samples > 1."""
         config = SampleConfig(start=start, length=length, **options)
-        texts = generate(self.model, self.vocab, config)
+        texts = generate(self.model, self.vocab, config, self._stream)
         return texts if config.num_samples > 1 else texts[0]
+
+    def beam_search(self, start: str = "\n", length: int = 200, beams: int = 4) -> BeamResult:
+        """The likeliest continuation found keeping `beams` candidates (deterministic)."""
+        return beam_search(self.model, self.vocab, start, length, beams)
 
     def encode_text(self, text: str, what: str = "the evaluation text") -> np.ndarray:
         if len(text) < 2:

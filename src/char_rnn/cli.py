@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -107,11 +108,18 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
             'char-rnn generate runs/shakespeare --start "ROMEO:" --length 500',
             "char-rnn generate runs/shakespeare --temperature 0.7 --top-p 0.9 --seed 1",
             "char-rnn generate runs/shakespeare --num-samples 4 --length 200",
+            "char-rnn generate runs/shakespeare --engine onnx   # after char-rnn export",
+            'char-rnn generate runs/shakespeare --start "ROMEO:" --beam 8 --length 100',
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_sampling(p)
     p.add_argument("--num-samples", type=int, default=1, help="texts to generate together")
+    p.add_argument("--engine", choices=("torch", "reference", "onnx"), default="torch",
+                   help="torch (default: a compiled loop, int8 weights on the CPU), reference "
+                        "(the model once per character) or onnx: RUN/model.onnx in onnxruntime")  # fmt: skip
+    p.add_argument("--beam", type=int, metavar="N",
+                   help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
     p.set_defaults(handler=cmd_generate)
 
 
@@ -142,6 +150,115 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_eval)
 
 
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="a web page and HTTP API to generate text",
+        description=(
+            "Serve a web page at / and a JSON API (POST /api/generate, POST /api/stream for "
+            "server-sent events). Listens on 127.0.0.1 unless --host says otherwise."
+        ),
+        epilog=_examples(
+            "char-rnn serve runs/shakespeare                     # then open http://127.0.0.1:8000/",
+            "char-rnn serve runs/shakespeare --port 9000 --max-concurrent 4",
+            "char-rnn serve runs/shakespeare --host 0.0.0.0 --allow-host mybox.lan",
+            'curl -s localhost:8000/api/generate -d \'{"start": "ROMEO:", "length": 200}\'',
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another name the Host header may carry (repeatable)")  # fmt: skip
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin call the API (repeatable; default none)")  # fmt: skip
+    p.add_argument("--max-length", type=int, default=5000, help="characters per request (default 5000)")
+    p.add_argument("--max-start", type=int, default=1000, help="start-text characters (default 1000)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="generations at once (default 2)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--engine", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--quiet", action="store_true", help="no request log")
+    p.set_defaults(handler=cmd_serve)
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export",
+        help="write the model as ONNX",
+        description="Write RUN/model.onnx: one generation step, ids and state in, logits and state out.",
+        epilog=_examples(
+            "char-rnn export runs/shakespeare",
+            "char-rnn export runs/shakespeare --checkpoint best --out shakespeare.onnx",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--out", help="file to write (default RUN/model.onnx, which --engine onnx reads)")
+    p.set_defaults(handler=cmd_export)
+
+
+def _add_plot(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "plot",
+        help="draw the training curves as a PNG",
+        description="Training and validation loss (and bits/char) against steps and time.",
+        epilog=_examples("char-rnn plot runs/shakespeare", "char-rnn plot runs/shakespeare --out curves.png"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="PNG to write (default RUN/curves.png)")
+    p.set_defaults(handler=cmd_plot)
+
+
+def _add_info(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "info",
+        help="what a run folder holds",
+        description="Model, parameters, vocabulary, training history and checkpoints of a run.",
+        epilog=_examples("char-rnn info runs/shakespeare", "char-rnn info runs/shakespeare --json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_info)
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="measure speed on this machine",
+        description="Measure speed on this machine; bench/ compares it with peers.",
+    )
+    benches = p.add_subparsers(dest="bench", required=True, parser_class=Parser)
+    _add_bench_generate(benches)
+
+
+def _add_bench_generate(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "generate",
+        help="characters per second of generation",
+        description=(
+            "Generate --length characters in each of --batch-size streams and print chars/s. "
+            "Without --run: a random model of the tutorial's size (Embedding 256, GRU 1024)."
+        ),
+        epilog=_examples(
+            "char-rnn bench generate --batch-size 1 --length 2000",
+            "char-rnn bench generate --batch-size 64 --length 500 --engine reference",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="streams generated together (default 1)")
+    p.add_argument("--length", type=int, default=1000, help="characters per stream (default 1000)")
+    p.add_argument("--engine", choices=("fast", "reference"), default="fast")
+    p.add_argument("--run", help="a run folder's model instead of the random one")
+    p.set_defaults(handler=cmd_bench_generate)
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
@@ -157,6 +274,11 @@ def build_parser() -> Parser:
     _add_train(commands)
     _add_generate(commands)
     _add_eval(commands)
+    _add_serve(commands)
+    _add_export(commands)
+    _add_plot(commands)
+    _add_info(commands)
+    _add_bench(commands)
     return parser
 
 
@@ -195,14 +317,19 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import CharRNN
     from .config import SampleConfig
 
     config = SampleConfig(start=args.start, length=args.length, num_samples=args.num_samples,
                           **_sample_options(args))  # fmt: skip
-    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
+    model = _load_engine(args)
     model.vocab.check(config.start, "the start string")
     out = sys.stdout
+    if args.beam is not None:
+        if config.num_samples != 1 or args.engine == "onnx":
+            raise UsageError("--beam finds one continuation with the torch engine; "
+                             "drop --num-samples and --engine onnx")  # fmt: skip
+        print(model.beam_search(config.start, config.length, args.beam).text)
+        return 0
     if config.num_samples == 1:
         out.write(config.start)
         for (ch,) in model.stream(config.start, length=config.length, **_sample_options(args)):
@@ -214,6 +341,109 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            **_sample_options(args))  # fmt: skip
     for i, text in enumerate(texts, 1):
         out.write(f"==> sample {i} <==\n{text}\n\n")
+    return 0
+
+
+def _load_engine(args: argparse.Namespace):
+    """The run's model for generation: a CharRNN, or its ONNX export in onnxruntime."""
+    if args.engine == "onnx":
+        from .onnx_engine import OnnxEngine
+
+        if args.device != "cpu":
+            raise UsageError("--engine onnx runs on the CPU; drop --device")
+        return OnnxEngine.load(args.run, which=args.checkpoint)
+    from .api import CharRNN
+
+    engine = "reference" if args.engine == "reference" else "fast"
+    return CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=engine)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerConfig, is_loopback, serve
+
+    config = ServerConfig(
+        host=args.host, port=args.port, allowed_hosts=tuple(args.allow_host),
+        cors_origins=tuple(args.cors_origin), max_length=args.max_length, max_start=args.max_start,
+        max_concurrent=args.max_concurrent, timeout=args.timeout,
+    )  # fmt: skip
+    model = _load_engine(args)
+    if not is_loopback(args.host):
+        print(f"{PROG}: warning: listening on {args.host}: anyone who can reach this machine can use "
+              "the model; the Host header must still be localhost or an --allow-host name",
+              file=sys.stderr)  # fmt: skip
+
+    def ready(url: str) -> None:
+        print(f"serving {args.run} at {url} (Ctrl-C to stop)", flush=True)
+
+    try:
+        serve(model, config, description=os.path.basename(os.path.normpath(args.run)),
+              access_log=not args.quiet, on_ready=ready)  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop
+        print("stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.run, format=args.format, which=args.checkpoint, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_run
+
+    print(f"wrote {plot_run(args.run, args.out)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import describe_run
+
+    info = describe_run(args.run)
+    if args.json:
+        print(json.dumps(info.as_dict(), ensure_ascii=False))
+        return 0
+    m = info.model
+    parameters = f"{info.parameters:,} parameters" if info.parameters is not None else "no weights yet"
+    print(f"run          {info.path}")
+    print(f"model        {m.get('cell', '?').upper()}, {m.get('layers')} x {m.get('units')} units, "
+          f"embedding {m.get('embedding_dim')}, dropout {m.get('dropout')}: {parameters}")  # fmt: skip
+    print(f"vocabulary   {info.vocab_size} characters: {info.vocab_preview}")
+    if info.corpus:
+        print(f"corpus       {info.corpus.get('source')} ({info.corpus.get('chars', 0):,} characters)")
+    minutes, seconds = divmod(round(info.seconds), 60)
+    print(f"training     {info.steps:,} steps, {info.epochs} epoch(s), {minutes}m{seconds:02d}s"
+          + (f", stopped by {info.stopped}" if info.stopped else ""))  # fmt: skip
+    if info.last_train_loss is not None:
+        print(f"train loss   {info.last_train_loss:.4f} (last logged)")
+    if info.best_val_loss is not None:
+        print(f"best val     {info.best_val_loss:.4f} ({info.best_val_loss / math.log(2):.3f} bpc) "
+              f"at step {info.best_val_step:,}")  # fmt: skip
+    print(f"checkpoints  {', '.join(info.checkpoints) or 'none'}")
+    print(f"files        {', '.join(info.files) or 'none'}")
+    return 0
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from .engine.speed import measure_generation, tutorial_model
+    from .vocab import Vocab
+
+    if args.batch_size < 1 or args.length < 1:
+        raise UsageError("--batch-size and --length must be positive")
+    if args.run:
+        from .api import CharRNN
+
+        loaded = CharRNN.load(args.run)
+        model, vocab, what = loaded.model, loaded.vocab, args.run
+    else:
+        vocab = Vocab(chr(c) for c in range(32, 97))  # 65 characters, as tiny Shakespeare has
+        model, what = tutorial_model(vocab), "random tutorial-size model"
+    speed = measure_generation(model, vocab, batch_size=args.batch_size, length=args.length,
+                               engine=args.engine)  # fmt: skip
+    print(f"generate {what}: engine {speed.engine}, {speed.batch_size} stream(s) x {speed.length} "
+          f"characters in {speed.seconds:.2f} s: {speed.chars_per_s:,.0f} chars/s")  # fmt: skip
     return 0
 
 

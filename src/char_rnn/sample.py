@@ -8,13 +8,48 @@ the newest ids are kept, so memory does not grow with the length of the text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 from .config import SampleConfig
 from .model import CharRNNModel
 from .vocab import Vocab
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
+    """Scale `logits` (B, V) by the temperature and mask what top-k and top-p exclude with -inf.
+
+    Both generation engines share this, so their temperature/top-k/top-p mean the same thing
+    (the fast engine compiles it with TorchScript). Temperature 0 is handled by the callers."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a candidate when the ones ranked above it already hold top_p of the mass;
+        # the most likely candidate is therefore always kept.
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw_by_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Draw one id per row of `logits` (B, V) from its softmax, given uniforms (B,) in [0, 1).
+
+    The id is the first whose cumulative probability exceeds u: with the uniforms drawn
+    ahead from a seeded generator, the draws are reproducible and need no generator call."""
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
+    total = cdf[:, -1:]
+    # Keep u * total strictly below the total, so rounding never lands past the last
+    # candidate with non-zero probability.
+    target = torch.minimum(uniforms.unsqueeze(1) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def sample_next(
@@ -28,19 +63,7 @@ def sample_next(
     """Draw one id per row of `logits` (B, V). Temperature 0 is argmax (greedy)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_best = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a candidate when the ones ranked above it already hold top_p of the mass;
-        # the most likely candidate is therefore always kept.
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -80,10 +103,17 @@ def stream(model: CharRNNModel, vocab: Vocab, config: SampleConfig) -> Iterator[
         logits = logits[:, -1].cpu()
 
 
-def generate(model: CharRNNModel, vocab: Vocab, config: SampleConfig) -> list[str]:
-    """The start string followed by `length` generated characters, for each sample."""
+def generate(
+    model: CharRNNModel,
+    vocab: Vocab,
+    config: SampleConfig,
+    engine: Callable[[CharRNNModel, Vocab, SampleConfig], Iterator[list[str]]] | None = None,
+) -> list[str]:
+    """The start string followed by `length` generated characters, for each sample.
+
+    `engine` is a stream function (see `char_rnn.engine`); the default is `stream` here."""
     texts = [[config.start] for _ in range(config.num_samples)]
-    for step in stream(model, vocab, config):
+    for step in (engine or stream)(model, vocab, config):
         for text, ch in zip(texts, step, strict=True):
             text.append(ch)
     return ["".join(t) for t in texts]

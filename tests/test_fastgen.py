@@ -1,0 +1,165 @@
+"""The fast generation engine against the reference: logits, draws, seeds, quality, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_cli
+
+from char_rnn import CharRNN
+from char_rnn.config import ModelConfig, SampleConfig
+from char_rnn.engine import engine_stream, fast
+from char_rnn.engine.fast import CHUNK, FastGenerator, FastLoop
+from char_rnn.model import CharRNNModel
+from char_rnn.sample import draw_by_inverse_cdf, filter_logits, generate, make_generator, sample_next
+from char_rnn.vocab import Vocab
+
+VOCAB = Vocab("abcdefghij \n")
+
+
+def random_model(cell: str = "gru", layers: int = 1, seed: int = 0) -> CharRNNModel:
+    torch.manual_seed(seed)
+    model = CharRNNModel(ModelConfig(vocab_size=len(VOCAB), embedding_dim=8, units=24, layers=layers,
+                                     cell=cell))  # fmt: skip
+    with torch.no_grad():  # sharper distributions than the initialisation's, so draws differ
+        model.head.weight.mul_(8)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shakespeare_text) -> CharRNN:
+    folder = tmp_path_factory.mktemp("fastgen")
+    corpus = folder / "small.txt"
+    corpus.write_text(shakespeare_text[:30_000])
+    return CharRNN.train(
+        data=str(corpus), out=str(folder / "run"), embedding_dim=16, units=64,
+        batch_size=16, seq_length=64, max_steps=80, quiet=True, precision="fp32",
+    )  # fmt: skip
+
+
+def step_by_step(model: CharRNNModel, ids: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) from the reference forward pass, one character at a time."""
+    state, out = None, []
+    for t in range(ids.shape[1]):
+        logits, state = model(ids[:, t : t + 1], state)
+        out.append(logits[:, 0])
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_fast_step_logits_match_the_reference(cell, layers):
+    model = random_model(cell, layers)
+    ids = torch.randint(0, len(VOCAB), (3, 30), generator=torch.Generator().manual_seed(1))
+    expected = step_by_step(model, ids)
+    for weights, tolerance in (("fp32", 1e-4), ("int8", 0.05)):
+        loop = FastGenerator(model, weights).loop
+        h, c = torch.zeros(layers, 3, 24), torch.zeros(layers, 3, 24)
+        got = torch.stack([loop.step(ids[:, t], h, c) for t in range(ids.shape[1])], 1)
+        scale = expected.abs().max().item()
+        assert (got - expected).abs().max().item() <= tolerance * scale, weights
+
+
+def test_the_draws_replay_exactly_with_the_reference_step():
+    """fp32 weights: the fast text equals the reference forward pass fed the same uniforms."""
+    model, seed, length, batch = random_model("lstm", 2), 5, CHUNK + 37, 3
+    config = SampleConfig(start="ab", length=length, temperature=0.8, top_k=6, top_p=0.95, seed=seed,
+                          num_samples=batch)  # fmt: skip
+    texts = generate(model, VOCAB, config, lambda m, v, c: fast.stream(m, v, c, weights="fp32"))
+    generator = make_generator(seed)
+    uniforms = torch.cat([torch.rand((min(CHUNK, length - i), batch), generator=generator)
+                          for i in range(0, length, CHUNK)])  # fmt: skip
+    start = torch.as_tensor(VOCAB.encode("ab"), dtype=torch.long).expand(batch, -1)
+    logits, state = model(start, None)
+    replayed = []
+    for t in range(length):
+        ids = draw_by_inverse_cdf(filter_logits(logits[:, -1], 0.8, 6, 0.95), uniforms[t])
+        replayed.append(ids)
+        logits, state = model(ids.unsqueeze(1), state)
+    expected = ["ab" + VOCAB.decode(row) for row in torch.stack(replayed, 1).tolist()]
+    assert texts == expected
+
+
+def test_greedy_fast_equals_greedy_reference():
+    model = random_model("gru", 2)
+    config = SampleConfig(start="a", length=150, temperature=0)
+    reference = generate(model, VOCAB, config, engine_stream("reference"))
+    assert generate(model, VOCAB, config, lambda m, v, c: fast.stream(m, v, c, weights="fp32")) == reference
+
+
+def test_same_seed_same_text_other_seed_other_text():
+    model = random_model()
+    config = SampleConfig(start="a", length=200, num_samples=2, seed=3, top_p=0.9)
+    first = generate(model, VOCAB, config, engine_stream("fast"))
+    assert generate(model, VOCAB, config, engine_stream("fast")) == first
+    other = SampleConfig(start="a", length=200, num_samples=2, seed=4, top_p=0.9)
+    assert generate(model, VOCAB, other, engine_stream("fast")) != first
+    assert first[0] != first[1]  # the streams are independent samples
+
+
+@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=3),
+                                     dict(temperature=1.3, top_p=0.8)])  # fmt: skip
+def test_inverse_cdf_draws_follow_the_same_distribution_as_sample_next(options):
+    logits = torch.tensor([[2.0, 1.5, 0.3, 0.0, -1.0, 1.0]]).repeat(40_000, 1)
+    top_k, top_p = options.get("top_k"), options.get("top_p")
+    filtered = filter_logits(logits, options["temperature"], top_k, top_p)
+    uniforms = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
+    fast_share = torch.bincount(draw_by_inverse_cdf(filtered, uniforms), minlength=6) / 40_000
+    reference = sample_next(logits, **options, generator=torch.Generator().manual_seed(1))
+    reference_share = torch.bincount(reference, minlength=6) / 40_000
+    assert (fast_share - reference_share).abs().max() < 0.015
+    assert torch.equal(fast_share == 0, torch.softmax(filtered[0], 0) == 0)  # masked: never drawn
+
+
+def test_inverse_cdf_never_lands_on_a_masked_character_at_the_extremes():
+    logits = torch.tensor([[float("-inf"), 0.0, 1.0, float("-inf")]]).repeat(2, 1)
+    uniforms = torch.tensor([0.0, torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()])
+    assert draw_by_inverse_cdf(logits, uniforms).tolist() == [1, 2]
+
+
+def test_the_compiled_loop_and_the_eager_fallback_draw_the_same_text():
+    model = random_model("gru", 2)
+    generator = FastGenerator(model, "fp32")
+    assert generator.compiled
+    eager = FastLoop(generator.loop.layers, generator.loop.head)
+    uniforms = torch.rand((50, 2), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for loop in (generator.loop, eager):
+        h, c = torch.zeros(2, 2, 24), torch.zeros(2, 2, 24)
+        out = torch.empty(50, 2, dtype=torch.long)
+        loop(torch.zeros(2, len(VOCAB)), h, c, uniforms, out, 0.9, None, None)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_streaming_yields_before_the_whole_text_is_made():
+    model = random_model()
+    steps = fast.stream(model, VOCAB, SampleConfig(start="a", length=10**9, seed=0))
+    assert len(next(steps)) == 1  # a billion characters would never finish
+
+
+def test_int8_loss_is_within_half_a_percent_of_fp32(trained, shakespeare_text):
+    ids = trained.vocab.encode(shakespeare_text[27_000:30_000])
+    from char_rnn.evaluate import evaluate
+
+    reference = evaluate(trained.model, ids).loss
+    assert FastGenerator(trained.model, "fp32").loss(ids).loss == pytest.approx(reference, rel=1e-5)
+    int8 = FastGenerator(trained.model, "int8").loss(ids).loss
+    assert abs(int8 - reference) <= 0.005 * reference
+    assert reference < 3.0  # a model that learned something: the check means something
+
+
+def test_cli_engines_and_bench(trained):
+    run = trained.run_config["train"]["out"]
+    flags = ("--start", "ROMEO:", "--length", "80", "--seed", "2")
+    fast_run = run_cli("generate", run, *flags)
+    assert fast_run.returncode == 0, fast_run.stderr
+    assert fast_run.stdout.startswith("ROMEO:") and len(fast_run.stdout) == len("ROMEO:") + 81
+    assert run_cli("generate", run, *flags).stdout == fast_run.stdout
+    reference = run_cli("generate", run, *flags, "--engine", "reference")
+    assert reference.returncode == 0 and len(reference.stdout) == len(fast_run.stdout)
+    bench = run_cli("bench", "generate", "--run", run, "--batch-size", "4", "--length", "200")
+    assert bench.returncode == 0, bench.stderr
+    assert "4 stream(s) x 200 characters" in bench.stdout and bench.stdout.strip().endswith("chars/s")
+    bad = run_cli("bench", "generate", "--batch-size", "0")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
