@@ -11,6 +11,7 @@ import pytest
 
 from char_rnn.config import ModelConfig, TrainConfig
 from char_rnn.corpus import DATA_ENV, SHAKESPEARE_FILE
+from char_rnn.encoded import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -29,6 +30,17 @@ def offline_shakespeare(monkeypatch):
     folder = Path(os.environ.get(DATA_ENV) or SHARED_DATA)
     if (folder / SHAKESPEARE_FILE).is_file():
         monkeypatch.setenv(DATA_ENV, str(folder))
+
+
+@pytest.fixture(scope="session")
+def encoded_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("encoded-cache")
+
+
+@pytest.fixture(autouse=True)
+def private_encoded_cache(monkeypatch, encoded_cache):
+    """Encoded corpora go to a folder of this test session, never the user cache."""
+    monkeypatch.setenv(CACHE_ENV, str(encoded_cache))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
 """Text in, ids out: a file, a folder of files, or the `shakespeare` download.
 
+Training reads the ids of the whole corpus from an encoded, cached, memory-mapped id
+file (see encoded.py), so that a corpus of many gigabytes never sits in memory;
+`read_text` gives the text itself, for evaluation and sampling on moderate texts.
+
 `shakespeare` is looked up in the folder named by CHAR_RNN_DATA, then in the
 user cache, and only then downloaded from the seed tutorial's URL; the download
 is checked against its sha256 before it is used.
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoded import binary_error, encode_files, looks_binary, undecodable_error
 from .errors import CharRNNError, UsageError
 from .vocab import Vocab
 
@@ -89,11 +94,7 @@ def decode_bytes(raw: bytes, path: Path, encoding: str) -> str:
     except LookupError:
         raise UsageError(f"unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as error:
-        hint = "; pass --encoding to read another encoding" if encoding == "utf-8" else ""
-        raise CharRNNError(
-            f"{path} is not valid {encoding}: byte offset {error.start} "
-            f"(0x{raw[error.start]:02x}) cannot be decoded{hint}"
-        ) from None
+        raise undecodable_error(path, encoding, error.start, raw[error.start]) from None
 
 
 def read_file(path: Path, encoding: str) -> str:
@@ -101,8 +102,8 @@ def read_file(path: Path, encoding: str) -> str:
         raw = path.read_bytes()
     except OSError as error:
         raise CharRNNError(f"cannot read {path}: {error.strerror}") from None
-    if b"\x00" in raw[:65536] and "16" not in encoding and "32" not in encoding:
-        raise CharRNNError(f"{path} looks like a binary file (it contains NUL bytes), not text")
+    if looks_binary(raw, encoding):
+        raise binary_error(path)
     return decode_bytes(raw, path, encoding)
 
 
@@ -118,20 +119,37 @@ def text_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_text(data: str, encoding: str = "utf-8") -> tuple[str, str]:
-    """The whole corpus as one string, and where it came from."""
+@dataclass(frozen=True)
+class CorpusFiles:
+    """The files a corpus is made of, read in this order and with this encoding. A
+    folder's files are joined with a newline after each one that does not end a line."""
+
+    files: list[Path]
+    encoding: str
+    source: str
+    is_folder: bool
+
+
+def corpus_files(data: str, encoding: str = "utf-8") -> CorpusFiles:
     if data == "shakespeare" and not Path(data).exists():
         path = shakespeare_path()
-        return read_file(path, "utf-8"), str(path)
+        return CorpusFiles([path], "utf-8", str(path), is_folder=False)
     path = Path(data).expanduser()
     if path.is_dir():
-        parts = [read_file(p, encoding) for p in text_files(path)]
-        # A file that does not end a line should not run into the next one.
-        text = "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)
-        return text, str(path.resolve())
+        return CorpusFiles(text_files(path), encoding, str(path.resolve()), is_folder=True)
     if not path.exists():
         raise CharRNNError(f"corpus {data} does not exist (give a text file, a folder, or 'shakespeare')")
-    return read_file(path, encoding), str(path.resolve())
+    return CorpusFiles([path], encoding, str(path.resolve()), is_folder=False)
+
+
+def read_text(data: str, encoding: str = "utf-8") -> tuple[str, str]:
+    """The whole corpus as one string, and where it came from."""
+    corpus = corpus_files(data, encoding)
+    parts = [read_file(p, corpus.encoding) for p in corpus.files]
+    if corpus.is_folder:
+        # A file that does not end a line should not run into the next one.
+        parts = [p if p.endswith("\n") or not p else p + "\n" for p in parts]
+    return "".join(parts), corpus.source
 
 
 def text_sha256(text: str) -> str:
@@ -139,10 +157,12 @@ def text_sha256(text: str) -> str:
 
 
 def load_corpus(data: str, encoding: str = "utf-8", vocab: Vocab | None = None) -> Corpus:
-    """Read and encode a corpus; with `vocab`, it must use only that vocabulary's characters."""
-    text, source = read_text(data, encoding)
-    if not text:
-        raise CharRNNError(f"corpus {source} is empty")
-    vocab = vocab or Vocab.from_text(text)
-    ids = vocab.encode(text, what=f"corpus {source}")
-    return Corpus(ids=ids, vocab=vocab, sha256=text_sha256(text), source=source)
+    """Encode a corpus (or reuse its cached encoding); with `vocab`, it must use only that
+    vocabulary's characters, and its ids are that vocabulary's (then held in memory)."""
+    where = corpus_files(data, encoding)
+    encoded = encode_files(where.files, where.encoding, join_lines=where.is_folder, source=where.source)
+    ids = encoded.ids
+    if vocab is not None and vocab != encoded.vocab:
+        vocab.check("".join(encoded.vocab.chars), what=f"corpus {where.source}")
+        ids = vocab.encode("".join(encoded.vocab.chars))[ids]
+    return Corpus(ids=ids, vocab=vocab or encoded.vocab, sha256=encoded.sha256, source=where.source)
