@@ -32,8 +32,8 @@ def trained(tmp_path_factory, shakespeare_text) -> CharRNN:
     corpus = folder / "small.txt"
     corpus.write_text(shakespeare_text[:30_000])
     return CharRNN.train(
-        data=str(corpus), out=str(folder / "run"), embedding_dim=16, units=64,
-        batch_size=16, seq_length=64, max_steps=80, quiet=True, precision="fp32",
+        data=str(corpus), out=str(folder / "run"), embedding_dim=16, units=64, lr=0.01,
+        batch_size=16, seq_length=32, max_steps=80, quiet=True, precision="fp32",
     )  # fmt: skip
 
 
@@ -146,7 +146,7 @@ def test_int8_loss_is_within_half_a_percent_of_fp32(trained, shakespeare_text):
     assert FastGenerator(trained.model, "fp32").loss(ids).loss == pytest.approx(reference, rel=1e-5)
     int8 = FastGenerator(trained.model, "int8").loss(ids).loss
     assert abs(int8 - reference) <= 0.005 * reference
-    assert reference < 3.0  # a model that learned something: the check means something
+    assert reference < 2.6  # a model that learned something (uniform is 4.1): the check means something
 
 
 def test_cli_engines_and_bench(trained):
