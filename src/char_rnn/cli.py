@@ -236,6 +236,38 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     benches = p.add_subparsers(dest="bench", required=True, parser_class=Parser)
     _add_bench_generate(benches)
+    _add_bench_train(benches)
+
+
+def _add_bench_train(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "train",
+        help="characters per second of training, and the fraction of the GEMM peak",
+        description=(
+            "Time training steps of a model on CPU and print chars/s, the GFLOP/s they "
+            "amount to (counted from the shapes) and that as a fraction of the GEMM peak "
+            "measured here for the same dtype."
+        ),
+        epilog=_examples(
+            "char-rnn bench train --preset tutorial",
+            "char-rnn bench train --cell lstm --layers 2 --units 512 --precision fp32",
+            "char-rnn bench train --preset tutorial --rnn torch",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
+    p.add_argument("--cell", choices=CELLS, help="recurrent cell (default gru)")
+    p.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
+    p.add_argument("--units", type=int, help="hidden units per layer (default 1024)")
+    p.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
+    p.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
+    p.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--rnn", choices=("fused", "torch"), default="fused",
+                   help="fused CPU kernels (default) or PyTorch's nn.GRU/nn.LSTM")  # fmt: skip
+    p.set_defaults(handler=cmd_bench_train)
 
 
 def _add_bench_generate(benches: argparse._SubParsersAction) -> None:
@@ -295,7 +327,11 @@ TRAIN_FLAGS = (
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train_run
+    from .distributed import launched_rank
 
+    follower = launched_rank() > 0  # under torchrun, rank 0 speaks for every process
+    if follower:
+        logging.getLogger("char_rnn").setLevel(logging.WARNING)
     options = {name: getattr(args, name) for name in TRAIN_FLAGS}
     if args.resume and args.preset:
         raise UsageError("--preset cannot be combined with --resume: the run keeps its config")
@@ -303,7 +339,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = f"run {result.run}: step {result.step}, stopped by {result.stopped}"
     if result.val is not None:
         summary += f", validation loss {result.val.loss:.4f} ({result.val.bpc:.3f} bpc)"
-    print(summary)
+    if not follower:
+        print(summary)
     return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 0)
 
 
@@ -444,6 +481,33 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
                                engine=args.engine)  # fmt: skip
     print(f"generate {what}: engine {speed.engine}, {speed.batch_size} stream(s) x {speed.length} "
           f"characters in {speed.seconds:.2f} s: {speed.chars_per_s:,.0f} chars/s")  # fmt: skip
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from .benchmark import measure_training
+    from .config import build_configs, with_vocab
+    from .device import resolve_precision
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UsageError("--steps must be positive and --warmup non-negative")
+    names = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
+    model_config, train_config = build_configs(args.preset, **{n: getattr(args, n) for n in names})
+    model_config = with_vocab(model_config, 65)  # tiny Shakespeare's vocabulary
+    import torch
+
+    dtype = resolve_precision(train_config.precision, torch.device("cpu"))
+    speed = measure_training(model_config, batch_size=train_config.batch_size,
+                             seq_length=train_config.seq_length, dtype=dtype, steps=args.steps,
+                             warmup=args.warmup, fused=args.rnn == "fused")  # fmt: skip
+    m = model_config
+    print(f"train {m.layers}x{m.cell.upper()} {m.units} (embedding {m.embedding_dim}), batch "
+          f"{train_config.batch_size} x {train_config.seq_length}, "
+          f"{str(dtype).replace('torch.', '')}, {'fused' if speed.fused else 'torch'} rnn, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(f"{speed.chars_per_s:,.0f} chars/s, {speed.gflops:,.1f} GFLOP/s = "
+          f"{speed.peak_fraction:.0%} of the {speed.peak_gflops:,.0f} GFLOP/s GEMM peak measured "
+          f"for {str(dtype).replace('torch.', '')}")  # fmt: skip
     return 0
 
 

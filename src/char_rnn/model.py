@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fused_rnn
 from .config import ModelConfig
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -37,6 +38,9 @@ class CharRNNModel(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(config.units, config.vocab_size)
+        # On CPU a GRU/LSTM runs through fused_rnn's kernels with these same parameters;
+        # False keeps PyTorch's own layers (for comparisons). cuDNN stays in charge on CUDA.
+        self.fused_cpu = fused_rnn.supports(self.rnn)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         c = self.config
@@ -45,6 +49,11 @@ class CharRNNModel(nn.Module):
         return (zeros, zeros.clone()) if c.cell == "lstm" else zeros
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        if self.fused_cpu and ids.device.type == "cpu" and ids.shape[1] > 1:
+            # Time-major inside: each step then reads and writes contiguous (B, H) rows.
+            # (One character at a time, as generation feeds it, nn.GRU/LSTM is as fast.)
+            out, state = fused_rnn.run(self.rnn, self.embedding(ids.t()), state)  # (T, B, H)
+            return self.head(out).transpose(0, 1).contiguous(), state  # (B, T, V)
         x = self.embedding(ids)  # (B, T, E)
         out, state = self.rnn(x, state)  # (B, T, H)
         return self.head(out), state  # (B, T, V)

@@ -1,0 +1,310 @@
+"""GRU and LSTM layers for CPU training, with the time loop cut down to what must be sequential.
+
+On CPU, nn.GRU runs several unfused operations per time step, and under bf16 autocast it
+casts its weights at every step. These layers do what cuDNN does on a GPU:
+
+    forward   the input projection of all T steps in one GEMM (T*B x E @ E x G*H), then
+              per step only h @ W_hh^T (B x H @ H x G*H) and the gate arithmetic;
+    backward  per step only dgates @ W_hh (B x G*H @ G*H x H) and the gate arithmetic,
+              then the weight gradients of all steps at once: dW_hh = dG^T @ H_prev,
+              dW_ih = dG^T @ X, dX = dG @ W_ih, biases by sums: a few large GEMMs that run
+              near the machine's peak.
+
+G is the number of gates (3 for a GRU, 4 for an LSTM). The weights are cast to the GEMM
+dtype (bf16 under autocast) once per call, not per step; the gate arithmetic runs in the
+input's dtype (fp32) and the gradients come back in the parameters' dtype. Parameters are
+those of nn.GRU / nn.LSTM (weight_ih_l0, ...), read from the module, so checkpoints do not
+depend on which path ran.
+
+The math is PyTorch's (and Keras's reset_after=True) GRU:
+    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+    z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    h' = (1 - z) * n + z * h
+and PyTorch's LSTM (gate order i, f, g, o): c' = f * c + i * g, h' = o * tanh(c').
+
+Shapes are time-major inside: x (T, B, E), outputs (T, B, H).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward
+_tanh_backward = torch.ops.aten.tanh_backward
+
+
+@contextlib.contextmanager
+def _threads_restored() -> Iterator[int]:
+    """The intra-op thread count, put back however the block ends.
+
+    Inside the time loops the gate arithmetic runs on one thread: its (B, H) operations are
+    too small to pay for waking a second one, and on a busy machine each parallel region can
+    wait a whole scheduler slice for it (measured: 20x slower). The GEMMs keep every thread."""
+    threads = torch.get_num_threads()
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def gemm_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype in effect on `device`, or None when autocast is off."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+class _GRULayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype):
+        T, B, E = x.shape
+        H = h0.shape[1]
+        acc = x.dtype  # gate arithmetic and the carried state stay in this dtype
+        w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
+        x_c = x.to(compute_dtype).reshape(T * B, E)
+        # All T input projections at once, with both biases of r and z folded in: (T, B, 3H).
+        gi = torch.mm(x_c, w_ih_c.t()).view(T, B, 3 * H).to(acc)
+        gi += b_ih.to(acc)
+        gi[..., : 2 * H] += b_hh[: 2 * H].to(acc)
+        b_hn = b_hh[2 * H :].to(acc)
+
+        # Preallocated per-step buffers: each step writes in place (out=) instead of allocating.
+        hs = x.new_empty(T + 1, B, H, dtype=acc)  # hs[t] is the state before step t
+        hs[0] = h0
+        hs_c = hs if compute_dtype == acc else hs.new_empty(T + 1, B, H, dtype=compute_dtype)
+        if hs_c is not hs:
+            hs_c[0] = h0
+        rz = hs.new_empty(T, B, 2 * H)
+        n = hs.new_empty(T, B, H)
+        ghn = hs.new_empty(T, B, H)  # W_hn h + b_hn, which the reset gate multiplies
+        w_hh_t = w_hh_c.t()
+        with _threads_restored() as threads:
+            for t in range(T):
+                gh = torch.mm(hs_c[t], w_hh_t)  # (B, 3H), the only sequential GEMM
+                torch.set_num_threads(1)
+                torch.add(gi[t, :, : 2 * H], gh[:, : 2 * H], out=rz[t]).sigmoid_()
+                torch.add(gh[:, 2 * H :], b_hn, out=ghn[t])
+                torch.addcmul(gi[t, :, 2 * H :], rz[t, :, :H], ghn[t], out=n[t]).tanh_()
+                # h' = n + z * (h - n) = (1 - z) * n + z * h
+                torch.lerp(n[t], hs[t], rz[t, :, H:], out=hs[t + 1])
+                if hs_c is not hs:
+                    hs_c[t + 1].copy_(hs[t + 1])
+                torch.set_num_threads(threads)
+        ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
+        ctx.buffers = (hs, hs_c, rz, n, ghn)
+        ctx.dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x_c, w_ih_c, w_hh_c = ctx.saved_tensors
+        hs, hs_c, rz, n, ghn = ctx.buffers
+        x_dtype, h0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
+        T, B, H = n.shape
+        cd = w_hh_c.dtype
+        d_out = d_out.to(hs.dtype)
+        dh = torch.zeros_like(hs[0])
+        # dG holds the gradients of the recurrent pre-activations [r, z, n_h] per step; the
+        # input side differs only in n (dn_x = dn, dn_h = dn * r), kept in dgi_n.
+        dg = hs.new_empty(B, 3 * H)
+        dg_c = hs.new_empty(T, B, 3 * H, dtype=cd)
+        dgi_n = hs.new_empty(T, B, H, dtype=cd)
+        dhz = hs.new_empty(B, H)
+        scratch = hs.new_empty(B, H)
+        with _threads_restored() as threads:
+            for t in range(T - 1, -1, -1):
+                torch.set_num_threads(1)
+                dh += d_out[t]
+                r, z = rz[t, :, :H], rz[t, :, H:]
+                torch.sub(hs[t], n[t], out=scratch).mul_(dh)
+                _sigmoid_backward(scratch, z, grad_input=dg[:, H : 2 * H])
+                torch.mul(dh, z, out=dhz)
+                torch.sub(dh, dhz, out=scratch)  # dh * (1 - z)
+                dn = _tanh_backward(scratch, n[t])
+                torch.mul(dn, ghn[t], out=scratch)
+                _sigmoid_backward(scratch, r, grad_input=dg[:, :H])
+                torch.mul(dn, r, out=dg[:, 2 * H :])
+                dg_c[t].copy_(dg)
+                dgi_n[t].copy_(dn)
+                torch.set_num_threads(threads)
+                dh = dhz + torch.mm(dg_c[t], w_hh_c)
+
+        # The weight gradients of all steps at once.
+        dg_all = dg_c.view(T * B, 3 * H)
+        dgi_rz = dg_all[:, : 2 * H]
+        dgi_n_all = dgi_n.view(T * B, H)
+        d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.mm(dgi_rz, w_ih_c[: 2 * H]).to(x_dtype)
+            d_x += torch.mm(dgi_n_all, w_ih_c[2 * H :]).to(x_dtype)
+            d_x = d_x.view(T, B, -1)
+        if ctx.needs_input_grad[2]:
+            d_w_ih = torch.cat(
+                (torch.mm(dgi_rz.t(), x_c).to(w_ih_dtype), torch.mm(dgi_n_all.t(), x_c).to(w_ih_dtype))
+            )
+        if ctx.needs_input_grad[3]:
+            d_w_hh = torch.mm(dg_all.t(), hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
+        if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
+            d_b_hh = dg_all.sum(0, dtype=hs.dtype)
+            d_b_ih = torch.cat((d_b_hh[: 2 * H], dgi_n_all.sum(0, dtype=hs.dtype))).to(b_ih_dtype)
+            d_b_hh = d_b_hh.to(b_hh_dtype)
+        return d_x, dh.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
+
+
+class _LSTMLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype):
+        T, B, E = x.shape
+        H = h0.shape[1]
+        acc = x.dtype
+        w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
+        x_c = x.to(compute_dtype).reshape(T * B, E)
+        # gates[t] starts as the input projection with both biases; each step adds W_hh h
+        # and turns it, in place, into the activated gates i, f, g, o.
+        gates = torch.mm(x_c, w_ih_c.t()).view(T, B, 4 * H).to(acc)
+        gates += (b_ih + b_hh).to(acc)
+        hs = x.new_empty(T + 1, B, H, dtype=acc)
+        hs[0] = h0
+        hs_c = hs if compute_dtype == acc else hs.new_empty(T + 1, B, H, dtype=compute_dtype)
+        if hs_c is not hs:
+            hs_c[0] = h0
+        cs = hs.new_empty(T + 1, B, H)
+        cs[0] = c0
+        tanh_c = hs.new_empty(T, B, H)
+        w_hh_t = w_hh_c.t()
+        with _threads_restored() as threads:
+            for t in range(T):
+                g = gates[t]
+                gh = torch.mm(hs_c[t], w_hh_t)
+                torch.set_num_threads(1)
+                g += gh
+                g[:, : 2 * H].sigmoid_()
+                g[:, 2 * H : 3 * H].tanh_()
+                g[:, 3 * H :].sigmoid_()
+                i, f, gg, o = g.chunk(4, dim=1)
+                torch.mul(f, cs[t], out=cs[t + 1]).addcmul_(i, gg)
+                torch.tanh(cs[t + 1], out=tanh_c[t])
+                torch.mul(o, tanh_c[t], out=hs[t + 1])
+                if hs_c is not hs:
+                    hs_c[t + 1].copy_(hs[t + 1])
+                torch.set_num_threads(threads)
+        ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
+        ctx.buffers = (hs, hs_c, cs, gates, tanh_c)
+        ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+        return hs[1:], cs[T].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_c_last):
+        x_c, w_ih_c, w_hh_c = ctx.saved_tensors
+        hs, hs_c, cs, gates, tanh_c = ctx.buffers
+        x_dtype, h0_dtype, c0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
+        T, B, H = tanh_c.shape
+        cd = w_hh_c.dtype
+        d_out = d_out.to(hs.dtype)
+        dh = torch.zeros_like(hs[0])
+        dc = d_c_last.to(hs.dtype).clone() if d_c_last is not None else torch.zeros_like(dh)
+        dg = hs.new_empty(B, 4 * H)
+        dg_c = hs.new_empty(T, B, 4 * H, dtype=cd)
+        scratch = hs.new_empty(B, H)
+        with _threads_restored() as threads:
+            for t in range(T - 1, -1, -1):
+                torch.set_num_threads(1)
+                dh += d_out[t]
+                i, f, g, o = gates[t].chunk(4, dim=1)
+                di, df, dgg, do = dg.chunk(4, dim=1)
+                # h = o * tanh(c): do, and dc += dh * o * (1 - tanh(c)^2)
+                torch.mul(dh, tanh_c[t], out=scratch)
+                _sigmoid_backward(scratch, o, grad_input=do)
+                torch.mul(dh, o, out=scratch)
+                dc += _tanh_backward(scratch, tanh_c[t])
+                # c = f * c_prev + i * g
+                torch.mul(dc, g, out=scratch)
+                _sigmoid_backward(scratch, i, grad_input=di)
+                torch.mul(dc, i, out=scratch)
+                _tanh_backward(scratch, g, grad_input=dgg)
+                torch.mul(dc, cs[t], out=scratch)
+                _sigmoid_backward(scratch, f, grad_input=df)
+                dc.mul_(f)
+                dg_c[t].copy_(dg)
+                torch.set_num_threads(threads)
+                dh = torch.mm(dg_c[t], w_hh_c).to(hs.dtype)
+
+        dg_all = dg_c.view(T * B, 4 * H)
+        d_x = d_w_ih = d_w_hh = d_b = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.mm(dg_all, w_ih_c).to(x_dtype).view(T, B, -1)
+        if ctx.needs_input_grad[3]:
+            d_w_ih = torch.mm(dg_all.t(), x_c).to(w_ih_dtype)
+        if ctx.needs_input_grad[4]:
+            d_w_hh = torch.mm(dg_all.t(), hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
+        if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
+            d_b = dg_all.sum(0, dtype=hs.dtype)
+        return (
+            d_x, dh.to(h0_dtype), dc.to(c0_dtype), d_w_ih, d_w_hh,
+            None if d_b is None else d_b.to(b_ih_dtype), None if d_b is None else d_b.to(b_hh_dtype),
+            None,
+        )  # fmt: skip
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H), the last being the
+    final state. The GEMMs run in `compute_dtype` (default: the weights' dtype)."""
+    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype or w_hh.dtype)
+
+
+def lstm_layer(
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final cell
+    state (B, H)."""
+    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype or w_hh.dtype)
+
+
+def supports(rnn: nn.Module) -> bool:
+    """Whether `rnn` is a layer these kernels compute: a unidirectional GRU or LSTM with biases
+    and no projection."""
+    if not isinstance(rnn, (nn.GRU, nn.LSTM)):
+        return False
+    return rnn.bias and not rnn.bidirectional and getattr(rnn, "proj_size", 0) == 0
+
+
+def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None):
+    """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters.
+
+    Returns the top layer's outputs (T, B, H) and the state in nn.GRU/nn.LSTM's layout:
+    (L, B, H), or a pair of them for an LSTM. Dropout between layers follows
+    `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it."""
+    is_lstm = isinstance(rnn, nn.LSTM)
+    T, B, _ = x.shape
+    L, H = rnn.num_layers, rnn.hidden_size
+    if state is None:
+        zeros = x.new_zeros(L, B, H, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype)
+        state = (zeros, zeros) if is_lstm else zeros
+    compute_dtype = gemm_dtype(x.device) or rnn.weight_hh_l0.dtype
+    acc = torch.promote_types(x.dtype, torch.float32)
+    # The layers choose their own dtypes; autocast must not recast inside them.
+    with torch.autocast(x.device.type, enabled=False):
+        h_last, c_last = [], []
+        layer_in = x.to(acc)
+        for layer in range(L):
+            weights = [
+                getattr(rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
+            if is_lstm:
+                h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
+                out, c = lstm_layer(layer_in, h0, c0, *weights, compute_dtype)
+                c_last.append(c)
+            else:
+                out = gru_layer(layer_in, state[layer].to(acc), *weights, compute_dtype)
+            h_last.append(out[-1])
+            if layer < L - 1 and rnn.dropout > 0 and rnn.training:
+                out = F.dropout(out, rnn.dropout, training=True)
+            layer_in = out
+    h = torch.stack(h_last)
+    return layer_in, ((h, torch.stack(c_last)) if is_lstm else h)

@@ -1,0 +1,131 @@
+"""The fused CPU GRU/LSTM: the same function as nn.GRU/nn.LSTM, its gradients, and the same
+learning under bf16 as under fp32."""
+
+import pytest
+import torch
+from conftest import run_cli, tiny_train_config
+from torch import nn
+
+from char_rnn import fused_rnn
+from char_rnn.checkpoint import load_weights, weights_bytes, write_atomic
+from char_rnn.config import ModelConfig
+from char_rnn.model import CharRNNModel
+from char_rnn.train import train
+
+RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def _state(cell, layers, batch, units, dtype=torch.float32, requires_grad=False):
+    def one():
+        return torch.randn(layers, batch, units, dtype=dtype, requires_grad=requires_grad)
+
+    return (one(), one()) if cell == "lstm" else one()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gradients_pass_gradcheck_in_float64(cell):
+    torch.manual_seed(0)
+    rnn = RNNS[cell](3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(2, 4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    weights = [p.detach().clone().requires_grad_(True) for p in rnn.parameters()]
+    if cell == "gru":
+        assert torch.autograd.gradcheck(fused_rnn.gru_layer, (x, states[0], *weights))
+    else:
+        assert torch.autograd.gradcheck(fused_rnn.lstm_layer, (x, *states, *weights))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_forward_and_gradients_equal_pytorch_layers_in_fp32(cell, layers):
+    torch.manual_seed(0)
+    rnn = RNNS[cell](6, 10, num_layers=layers)
+    x = torch.randn(7, 3, 6)
+    state = _state(cell, layers, 3, 10)
+
+    def outputs_and_grads(forward):
+        rnn.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        out, final = forward(xg, state)
+        finals = list(final) if cell == "lstm" else [final]
+        (out.square().sum() + sum((f * 3).sum() for f in finals)).backward()
+        return [out, *finals, xg.grad, *(p.grad for p in rnn.parameters())]
+
+    ours = outputs_and_grads(lambda xg, s: fused_rnn.run(rnn, xg, s))
+    theirs = outputs_and_grads(lambda xg, s: rnn(xg, s))
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_state_carried_across_chunks_equals_the_whole_sequence_under_bf16(cell):
+    torch.manual_seed(0)
+    model = CharRNNModel(ModelConfig(vocab_size=11, embedding_dim=8, units=16, layers=2, cell=cell))
+    assert model.fused_cpu
+    ids = torch.randint(0, 11, (3, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole, whole_state = model(ids)
+        state, pieces = None, []
+        for chunk in ids.split(6, dim=1):
+            logits, state = model(chunk, state)
+            pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole)
+    for a, b in zip(fused_rnn_state(state), fused_rnn_state(whole_state), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def fused_rnn_state(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_weights_saved_from_the_fused_model_load_into_pytorch_layers(cell, tmp_path):
+    config = ModelConfig(vocab_size=13, embedding_dim=8, units=20, layers=2, cell=cell)
+    torch.manual_seed(0)
+    fused = CharRNNModel(config)
+    path = tmp_path / "model.safetensors"
+    write_atomic(path, weights_bytes(fused))
+    torch.manual_seed(1)
+    plain = CharRNNModel(config)
+    plain.fused_cpu = False
+    load_weights(plain, path)
+    ids = torch.randint(0, 13, (4, 9))
+    fused.eval()
+    plain.eval()
+    torch.testing.assert_close(fused(ids)[0], plain(ids)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def one_thread():
+    # Numerics do not depend on the thread count here; one thread keeps the test's time
+    # steady on a machine that other jobs share.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bf16_learns_as_well_as_fp32(small_corpus, tmp_path, one_thread):
+    # Same seed and data order; the fused path under bf16 must reach fp32's validation loss.
+    model = ModelConfig(embedding_dim=32, units=128)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = tiny_train_config(
+            small_corpus, tmp_path / precision, precision=precision, batch_size=16, seq_length=48,
+            max_steps=100, epochs=100, val_fraction=0.05,
+        )  # fmt: skip
+        losses[precision] = train(model, config).val.loss
+    assert losses["fp32"] < 2.6  # it learned something: uniform over the vocabulary is ~4.1
+    assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.01
+
+
+def test_cli_bench_train_prints_speed_and_peak_fraction():
+    result = run_cli(
+        "bench", "train", "--cell", "lstm", "--layers", "2", "--units", "32", "--embedding-dim", "8",
+        "--batch-size", "4", "--seq-length", "8", "--steps", "1", "--precision", "fp32",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2xLSTM 32" in result.stdout and "fused rnn" in result.stdout
+    assert "chars/s" in result.stdout and "GEMM peak" in result.stdout
+    bad = run_cli("bench", "train", "--steps", "0")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
