@@ -100,7 +100,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
     if not records:
         raise CharRNNError(f"{folder.path} has no metrics.jsonl yet: train first")
     path = Path(out) if out is not None else folder.path / CURVES_FILE
-    png = render_curves(records, title=str(folder.path))
+    png = render_curves(records, title=folder.path.resolve().name)
     try:
         write_atomic(path, png)
     except OSError as error:
