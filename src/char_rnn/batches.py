@@ -10,6 +10,10 @@ int64 tensors of shape (B, T); targets are the inputs shifted one character on.
   order, as the seed's `dataset.shuffle` does; each window starts from a zero state.
   Each epoch shifts the window grid by a random offset (within the characters
   left over at the end) so that windows differ between epochs.
+
+With several processes (distributed.py) a batch is global: world x B sequences laid
+out exactly as one process with a batch of world x B would lay them out, of which
+rank r takes rows r*B to (r+1)*B. A world of 1 is the single-process layout.
 """
 
 from __future__ import annotations
@@ -35,13 +39,16 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
 class StatefulBatches:
     stateful = True
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int):
-        stream_length = len(ids) // batch_size
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, rank: int = 0, world_size: int = 1):
+        n_streams = batch_size * world_size
+        stream_length = len(ids) // n_streams
         self.batches_per_epoch = (stream_length - 1) // seq_length
         if self.batches_per_epoch < 1:
-            need = batch_size * (seq_length + 1)
-            raise _too_short(len(ids), need, f"{batch_size} streams of {seq_length + 1}")
-        self.streams = np.asarray(ids[: batch_size * stream_length]).reshape(batch_size, stream_length)
+            need = n_streams * (seq_length + 1)
+            raise _too_short(len(ids), need, f"{n_streams} streams of {seq_length + 1}")
+        # A view (of a memory map, for a large corpus): nothing is read until a batch is.
+        streams = np.asarray(ids[: n_streams * stream_length]).reshape(n_streams, stream_length)
+        self.streams = streams[rank * batch_size : (rank + 1) * batch_size]
         self.seq_length = seq_length
 
     def get(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,15 +60,19 @@ class StatefulBatches:
 class ShuffledBatches:
     stateful = False
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, seed: int):
+    def __init__(
+        self, ids: np.ndarray, batch_size: int, seq_length: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.ids = ids
         self.batch_size = batch_size
+        self.global_batch = batch_size * world_size
+        self.rank = rank
         self.window = seq_length + 1
         n_windows = len(ids) // self.window
-        self.batches_per_epoch = n_windows // batch_size
+        self.batches_per_epoch = n_windows // self.global_batch
         if self.batches_per_epoch < 1:
-            need = batch_size * self.window
-            raise _too_short(len(ids), need, f"{batch_size} windows of {self.window}")
+            need = self.global_batch * self.window
+            raise _too_short(len(ids), need, f"{self.global_batch} windows of {self.window}")
         self.n_windows = n_windows
         self.seed = seed
         self._epoch = -1
@@ -79,15 +90,22 @@ class ShuffledBatches:
 
     def get(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._plan(epoch)
-        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        first = index * self.global_batch + self.rank * self.batch_size
+        chosen = self._order[first : first + self.batch_size]
         starts = self._offset + chosen * self.window
         windows = np.stack([self.ids[s : s + self.window] for s in starts])
         return _to_tensor(windows[:, :-1]), _to_tensor(windows[:, 1:])
 
 
 def make_batches(
-    ids: np.ndarray, batching: str, batch_size: int, seq_length: int, seed: int
+    ids: np.ndarray,
+    batching: str,
+    batch_size: int,
+    seq_length: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> StatefulBatches | ShuffledBatches:
     if batching == "stateful":
-        return StatefulBatches(ids, batch_size, seq_length)
-    return ShuffledBatches(ids, batch_size, seq_length, seed)
+        return StatefulBatches(ids, batch_size, seq_length, rank, world_size)
+    return ShuffledBatches(ids, batch_size, seq_length, seed, rank, world_size)

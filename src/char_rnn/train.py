@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from .batches import make_batches
 from .checkpoint import RunFolder, TrainerState, load_weights, parse_trainer
 from .config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
 from .corpus import Corpus, load_corpus
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_precision
+from .distributed import Processes, process_group, run_folder
 from .errors import CharRNNError, UsageError
 from .evaluate import EvalResult, evaluate
 from .model import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
@@ -166,24 +167,27 @@ def _run_config(model_config: ModelConfig, config: TrainConfig, corpus: Corpus) 
 class _Trainer:
     """The mutable state of one training invocation; `train()` drives it."""
 
-    def __init__(self, model_config: ModelConfig, config: TrainConfig):
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, processes: Processes):
         self.config = config
-        self.run = RunFolder(config.out)
+        self.processes = processes
+        self.run = run_folder(processes, config.out)
         saved = self.run.read_config() if config.resume else None
         if not config.resume:
             self.run.prepare_new()
-        self.corpus = load_corpus(config.data, config.encoding)
+        with processes.main_first():  # one process fills the encoded-corpus cache
+            self.corpus = load_corpus(config.data, config.encoding)
         self.model_config = with_vocab(model_config, len(self.corpus.vocab))
         if saved is not None:
             _check_resume(saved, self.corpus, self.model_config)
         self.train_ids, self.val_ids = self.corpus.split(config.val_fraction)
         self.batches = make_batches(
-            self.train_ids, config.batching, config.batch_size, config.seq_length, config.seed
-        )
+            self.train_ids, config.batching, config.batch_size, config.seq_length, config.seed,
+            processes.rank, processes.world_size,
+        )  # fmt: skip
         if len(self.val_ids) < 2:
             self.val_ids = self.val_ids[:0]
 
-        self.device = resolve_device(config.device)
+        self.device = processes.device
         self.dtype = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model = CharRNNModel(self.model_config).to(self.device)
@@ -198,9 +202,11 @@ class _Trainer:
         self.saved_step = -1
         self.validated_step = -1
         if saved is not None:
-            self._restore()
+            with processes.main_first():  # rank 0 tidies the folder before others read it
+                self._restore()
         else:
             self.run.write_config(_run_config(self.model_config, config, self.corpus))
+        self.forward_model = processes.wrap(self.model)
 
     @property
     def total_steps(self) -> int:
@@ -221,11 +227,16 @@ class _Trainer:
             self.optimizer.load_state_dict(trainer.optimizer)
         except (ValueError, KeyError, RuntimeError) as error:
             raise CharRNNError(f"optimizer state in {folder} does not fit: {error}") from None
+        saved_layout = (
+            trainer.counters.pop("global_batch", None),
+            trainer.counters.pop("batches_per_epoch", None),
+        )
         self.counters.update(trainer.counters)
         self.saved_step = self.counters["step"]
         torch.set_rng_state(trainer.rng)
-        if trainer.hidden and self.batches.stateful and self.counters["batch"] > 0:
-            self.state = state_from_tensors([h.to(self.device) for h in trainer.hidden])
+        hidden = self._resume_position(*saved_layout, trainer.hidden)
+        if hidden and self.batches.stateful and self.counters["batch"] > 0:
+            self.state = state_from_tensors([h.to(self.device) for h in hidden])
         # Record the options this invocation resumed with (e.g. a new --max-steps).
         payload = self.run.read_config()
         payload["train"] = to_dict(self.config)
@@ -234,12 +245,39 @@ class _Trainer:
         log.info("resumed from %s (step %d, epoch %d)", folder.name, self.counters["step"],
                  self.counters["epoch"] + 1)  # fmt: skip
 
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.processes.world_size
+
+    def _resume_position(self, global_batch: int | None, per_epoch: int | None, hidden: list) -> list:
+        """The hidden state to resume with, for this rank; moves the batch index when the
+        batch layout changed (another number of processes or --batch-size).
+
+        Streams are laid out by the global batch, so with the same global batch every
+        stream continues exactly. With another one the streams are cut differently: the
+        run resumes at the same fraction of the epoch, from a zero state."""
+        if global_batch is None:  # written before layouts were recorded: one process
+            global_batch, per_epoch = self.config.batch_size, self.batches.batches_per_epoch
+        if (global_batch, per_epoch) == (self.global_batch, self.batches.batches_per_epoch):
+            return self.processes.own_streams(hidden, self.config.batch_size) if hidden else []
+        batch = self.counters["batch"] * self.batches.batches_per_epoch // max(per_epoch, 1)
+        log.info("the global batch changed from %d to %d: resuming at batch %d of %d with a "
+                 "fresh hidden state", global_batch, self.global_batch, batch + 1,
+                 self.batches.batches_per_epoch)  # fmt: skip
+        self.counters["batch"] = batch
+        return []
+
     def checkpoint(self) -> None:
         if self.saved_step == self.counters["step"]:
             return
-        hidden = state_tensors(self.state) if self.state is not None else []
+        # A collective: every rank calls checkpoint() at the same steps.
+        hidden = self.processes.gather_streams(state_tensors(self.state)) if self.state is not None else []
         trainer = TrainerState(
-            counters=dict(self.counters),
+            counters=dict(
+                self.counters,
+                global_batch=self.global_batch,
+                batches_per_epoch=self.batches.batches_per_epoch,
+            ),  # fmt: skip
             optimizer=self.optimizer.state_dict(),
             rng=torch.get_rng_state(),
             hidden=hidden,
@@ -251,18 +289,24 @@ class _Trainer:
         """One optimizer step on a (B, T) batch; returns the loss in nats/char, or None
         when the step was skipped because the loss or gradient was not finite."""
         config = self.config
+        if config.max_time:  # ranks' clocks differ a little; their learning rates must not
+            time_fraction = self.processes.mean(time_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, self.counters["step"], self.total_steps, time_fraction)
+        if self.device.type == "cuda":
+            # Page-locked host memory lets the copy overlap the previous step's kernels.
+            x, y = x.pin_memory(), y.pin_memory()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         state = self.state if self.batches.stateful else None
+        self.processes.seed_step(config.seed, self.counters["step"])
         with autocast(self.device, self.dtype):
-            logits, state = self.model(x, state)
+            logits, state = self.forward_model(x, state)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        loss_value = float(loss.detach())
+        loss_value = self.processes.mean(float(loss.detach()))  # every rank decides alike
         if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
             if config.on_nonfinite == "skip":
                 self.optimizer.zero_grad(set_to_none=True)
@@ -284,15 +328,37 @@ class _Trainer:
     def validate(self) -> EvalResult | None:
         if len(self.val_ids) < 2:
             return None
-        return evaluate(self.model, self.val_ids, dtype=self.dtype)
+        if not self.processes.is_distributed:
+            return evaluate(self.model, self.val_ids, dtype=self.dtype)
+        # Each rank reads one slice of the text (sharing one character with the next, so
+        # that every character after the first is still predicted exactly once).
+        rank, world = self.processes.rank, self.processes.world_size
+        lo, hi = (len(self.val_ids) - 1) * rank // world, (len(self.val_ids) - 1) * (rank + 1) // world
+        total, count = 0.0, 0
+        if hi > lo:
+            part = evaluate(
+                self.model, self.val_ids[lo : hi + 1], streams=max(16 // world, 1), dtype=self.dtype
+            )
+            total, count = part.loss * part.chars, part.chars
+        total, count = self.processes.sum([total, count])
+        return EvalResult(loss=total / count, chars=int(count))
 
 
 def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
-    """Train (or, with `config.resume`, continue training) and return where it stopped."""
-    trainer = _Trainer(model_config, config)
+    """Train (or, with `config.resume`, continue training) and return where it stopped.
+
+    Started by torchrun, every process calls this and they train as one (distributed.py)."""
+    with process_group(config.device) as processes:
+        if not processes.is_main:
+            config = replace(config, quiet=True)  # one progress bar, rank 0's
+        return _train(model_config, config, processes)
+
+
+def _train(model_config: ModelConfig, config: TrainConfig, processes: Processes) -> TrainResult:
+    trainer = _Trainer(model_config, config, processes)
     run, counters = trainer.run, trainer.counters
     per_epoch = trainer.batches.batches_per_epoch
-    chars_per_step = config.batch_size * config.seq_length
+    chars_per_step = trainer.global_batch * config.seq_length
     started = time.monotonic()
     elapsed_before = counters["elapsed"]
     log.info(
@@ -350,6 +416,7 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
                     stopped = "max_steps"
                 elif config.max_time and time.monotonic() - started >= config.max_time:
                     stopped = "max_time"
+                stopped = processes.agree_on_stop(stopped)
                 if stopped != "epochs":
                     break
                 if config.checkpoint_every_steps and counters["step"] % config.checkpoint_every_steps == 0:
@@ -377,7 +444,8 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
         trainer.checkpoint()
     log.info("stopped (%s) at step %d, epoch %d; checkpoint in %s", stopped, counters["step"],
              counters["epoch"] + (counters["batch"] > 0), run.path)  # fmt: skip
-    _draw_curves(run)
+    if processes.is_main:
+        _draw_curves(run)
     return TrainResult(
         run=run.path, step=counters["step"], epoch=counters["epoch"], stopped=stopped,
         train_loss=last_loss, val=val, best_val_loss=counters["best_val_loss"],
