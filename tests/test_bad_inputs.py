@@ -8,6 +8,7 @@ folder are refused without running a line of them.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
@@ -244,3 +245,36 @@ def test_torch_load_is_never_used_without_weights_only():
         assert "import pickle" not in source and "from pickle" not in source, path
         for call in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", source):
             assert "weights_only=True" in call.group(0), f"{path}: {call.group(0)}"
+
+
+# ---- encodings --------------------------------------------------------------------------------
+
+
+def test_a_utf8_byte_order_mark_is_dropped_in_every_reader(tmp_path):
+    from char_rnn.corpus import load_corpus, read_text
+
+    path = tmp_path / "bom.txt"
+    path.write_bytes(codecs.BOM_UTF8 + "café au lait\n".encode() * 20)
+    text, _ = read_text(str(path))
+    assert text.startswith("café")
+    assert "\ufeff" not in load_corpus(str(path)).vocab.chars
+
+
+def test_an_invalid_byte_is_reported_at_its_offset_in_the_file(tmp_path):
+    from char_rnn.corpus import load_corpus, read_text
+    from char_rnn.errors import CharRNNError
+
+    path = tmp_path / "bad.txt"
+    path.write_bytes(codecs.BOM_UTF8 + b"abc\xffdef")
+    for read in (read_text, load_corpus):
+        with pytest.raises(CharRNNError, match=r"byte offset 6 \(0xff\).*--encoding"):
+            read(str(path))
+
+
+def test_the_locale_encoding_is_never_used(workspace, tmp_path):
+    corpus = tmp_path / "accents.txt"
+    corpus.write_text("Où est la bibliothèque ? Ça va, déjà.\n" * 200, encoding="utf-8")
+    result = run_cli(*_train(workspace, "--data", corpus, "--out", tmp_path / "run"),
+                     env={"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "è" in json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["vocab"]

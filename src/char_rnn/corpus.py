@@ -11,6 +11,7 @@ is checked against its sha256 before it is used.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/s
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_FILE = "shakespeare.txt"
 DATA_ENV = "CHAR_RNN_DATA"
+URL_ENV = "CHAR_RNN_SHAKESPEARE_URL"  # a mirror of the same file (its sha256 is still checked)
 
 
 @dataclass(frozen=True)
@@ -68,33 +70,45 @@ def shakespeare_path() -> Path:
                 )
             return candidate
     import pooch  # only needed when the file is not already local
+    from filelock import FileLock
 
     pooch.get_logger().setLevel("WARNING")
+    url = os.environ.get(URL_ENV) or SHAKESPEARE_URL
+    cache = Path(pooch.os_cache("char-rnn"))
     try:
-        return Path(
-            pooch.retrieve(
-                SHAKESPEARE_URL,
-                known_hash=f"sha256:{SHAKESPEARE_SHA256}",
-                fname=SHAKESPEARE_FILE,
-                path=pooch.os_cache("char-rnn"),
-                progressbar=False,
+        cache.mkdir(parents=True, exist_ok=True)
+        # pooch verifies a download before moving it into place, but two processes would
+        # still both download it; the lock makes the second one wait and reuse the file.
+        with FileLock(cache / f"{SHAKESPEARE_FILE}.lock", timeout=600):
+            return Path(
+                pooch.retrieve(
+                    url,
+                    known_hash=f"sha256:{SHAKESPEARE_SHA256}",
+                    fname=SHAKESPEARE_FILE,
+                    path=cache,
+                    progressbar=False,
+                )
             )
-        )
     except Exception as error:  # network failures come in many types
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise CharRNNError(
-            f"could not download tiny Shakespeare ({reason}); "
-            f"set {DATA_ENV} to a folder holding {SHAKESPEARE_FILE}, or pass --data FILE"
+            f"could not download tiny Shakespeare from {url} ({reason}); "
+            f"to use a local copy, set {DATA_ENV} to a folder holding {SHAKESPEARE_FILE}, "
+            "or pass --data FILE"
         ) from None
 
 
 def decode_bytes(raw: bytes, path: Path, encoding: str) -> str:
+    """Strict decoding, never the locale's; a UTF-8 byte order mark is dropped."""
     try:
-        return raw.decode(encoding)
+        skip = len(codecs.BOM_UTF8) if codecs.lookup(encoding).name == "utf-8" and raw.startswith(
+            codecs.BOM_UTF8) else 0  # fmt: skip
+        return raw[skip:].decode(encoding)
     except LookupError:
         raise UsageError(f"unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as error:
-        raise undecodable_error(path, encoding, error.start, raw[error.start]) from None
+        offset = skip + error.start
+        raise undecodable_error(path, encoding, offset, raw[offset]) from None
 
 
 def read_file(path: Path, encoding: str) -> str:

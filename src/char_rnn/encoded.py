@@ -116,6 +116,9 @@ def _file_code_points(
             if looks_binary(f.read(BINARY_PROBE_BYTES), encoding):
                 raise binary_error(path)
             f.seek(0)
+            if not (utf8 and f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8):
+                f.seek(0)  # a UTF-8 byte order mark is a marker, not text: skip it
+            offset = f.tell()
             while True:
                 raw = f.read(chunk_bytes)
                 if raw and ascii_compatible and raw.isascii() and decoder.getstate() in ((b"", 0), 0):
