@@ -1,7 +1,9 @@
 """Generation speed of char-rnn against the TensorFlow tutorial peer, interleaved.
 
-Each round runs, one after the other in fresh processes: the peer and our fast engine for
-one stream, then for 64 streams (and our reference engine, unless --no-reference). The
+Each round runs, one after the other in fresh processes: the peer (TensorFlow's default
+threads), our fast engine with one thread ("fast 1t") and with one per core ("fast 2t" on
+two cores), and our reference engine with one per core (unless --no-reference); first for
+one stream, then for 64 streams. The
 machine is shared and noisy, so the figures are medians over rounds and the ratios are
 taken between runs of the same round.
 
@@ -25,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 # (label, streams, characters per stream for us, steps for the peer)
-SHAPES = (("1 stream", 1, 2000, 1000), ("64 streams", 64, 400, 200))
+CORES = os.cpu_count() or 1
+SHAPES = (("1 stream", 1, 1000, 1000), ("64 streams", 64, 200, 200))
 
 
 def chars_per_s(command: list[str]) -> float:
@@ -38,9 +41,9 @@ def chars_per_s(command: list[str]) -> float:
     return float((found.group(1) or found.group(2)).replace(",", ""))
 
 
-def ours(engine: str, streams: int, length: int) -> list[str]:
-    return [sys.executable, "-m", "char_rnn", "bench", "generate", "--engine", engine,
-            "--batch-size", str(streams), "--length", str(length)]  # fmt: skip
+def ours(engine: str, streams: int, length: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "char_rnn", "bench", "generate", "--engine", engine, "--batch-size",
+            str(streams), "--length", str(length), "--threads", str(threads)]  # fmt: skip
 
 
 def peer(python: str, corpus: str, streams: int, steps: int) -> list[str]:
@@ -53,9 +56,10 @@ def speed(args: argparse.Namespace) -> None:
     for round_ in range(1, args.rounds + 1):
         for label, streams, length, steps in SHAPES:
             commands = {"tf peer": peer(args.peer_python, args.corpus, streams, steps),
-                        "fast": ours("fast", streams, length)}  # fmt: skip
+                        "fast 1t": ours("fast", streams, length, 1),
+                        f"fast {CORES}t": ours("fast", streams, length, CORES)}  # fmt: skip
             if not args.no_reference:
-                commands["reference"] = ours("reference", streams, max(length // 4, 100))
+                commands[f"ref {CORES}t"] = ours("reference", streams, max(length // 4, 50), CORES)
             for name, command in commands.items():
                 figure = chars_per_s(command)
                 runs.setdefault((label, name), []).append(figure)
@@ -63,7 +67,7 @@ def speed(args: argparse.Namespace) -> None:
     print(f"\nmedians over {args.rounds} interleaved rounds (Embedding 256 -> GRU 1024 -> Dense 65):")
     for label, *_ in SHAPES:
         peer_runs = runs[(label, "tf peer")]
-        for name in ("tf peer", "fast", "reference"):
+        for name in ("tf peer", "fast 1t", f"fast {CORES}t", f"ref {CORES}t"):
             if (label, name) not in runs:
                 continue
             figures = runs[(label, name)]

@@ -298,5 +298,5 @@ def stream(
     h = tensors[0].contiguous().clone()
     c = tensors[1].contiguous().clone() if len(tensors) == 2 else torch.zeros_like(h)
     chars = np.array(vocab.chars, dtype=object)
-    for ids in fast.chunks(logits[:, -1].float(), h, c, config, generator):
+    for ids in fast.chunks(logits[:, -1].float().contiguous(), h, c, config, generator):
         yield from chars[ids.numpy()].tolist()
