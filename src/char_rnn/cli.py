@@ -471,7 +471,7 @@ def _set_threads(threads: int | None, streams: int) -> None:
 
     One stream gets one thread unless asked: its matrix-vector products gain little from a
     second core, and on a busy machine every parallel op waits for a thread that is not
-    running (measured: one thread 8x faster than two with the cores oversubscribed)."""
+    running (measured: one thread 10-25x faster than two with the cores oversubscribed)."""
     if threads is None and streams > 1:
         return
     if threads is not None and threads < 1:
