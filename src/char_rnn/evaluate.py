@@ -9,6 +9,7 @@ every character after the first is predicted exactly once.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,22 +42,34 @@ class EvalResult:
         }
 
 
-def _streams(ids: np.ndarray, n_streams: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs, targets and a mask, each (S, L): the N-1 predictions split into S rows."""
+def stream_chunks(
+    ids: np.ndarray, n_streams: int, chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Inputs, targets and a mask, each (S, <=chunk), chunk after chunk: the N-1 predictions
+    split into S contiguous rows. Each chunk is sliced from `ids` as it is needed, so a
+    memory-mapped text is never copied whole."""
     n_targets = len(ids) - 1
     n_streams = max(1, min(n_streams, n_targets))
     length = math.ceil(n_targets / n_streams)
-    inputs = np.zeros((n_streams, length), dtype=np.int64)
-    targets = np.zeros((n_streams, length), dtype=np.int64)
-    mask = np.zeros((n_streams, length), dtype=bool)
-    for s in range(n_streams):
-        lo, hi = s * length, min((s + 1) * length, n_targets)
-        if lo >= hi:
-            break
-        inputs[s, : hi - lo] = ids[lo:hi]
-        targets[s, : hi - lo] = ids[lo + 1 : hi + 1]
-        mask[s, : hi - lo] = True
-    return inputs, targets, mask
+    for start in range(0, length, chunk):
+        width = min(chunk, length - start)
+        inputs = np.zeros((n_streams, width), dtype=np.int64)
+        targets = np.zeros((n_streams, width), dtype=np.int64)
+        mask = np.zeros((n_streams, width), dtype=bool)
+        for s in range(n_streams):
+            lo = s * length + start
+            hi = min(lo + width, (s + 1) * length, n_targets)
+            if lo >= hi:
+                continue
+            inputs[s, : hi - lo] = ids[lo:hi]
+            targets[s, : hi - lo] = ids[lo + 1 : hi + 1]
+            mask[s, : hi - lo] = True
+        yield torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(mask)
+
+
+def whole_streams(ids: np.ndarray, n_streams: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same layout as `stream_chunks`, in one piece (S, L)."""
+    return next(stream_chunks(ids, n_streams, chunk=len(ids)))
 
 
 @torch.no_grad()
@@ -72,14 +85,11 @@ def evaluate(
     if len(ids) < 2:
         raise ValueError("evaluation needs at least two characters")
     device = model.head.weight.device
-    inputs, targets, mask = (torch.from_numpy(a) for a in _streams(ids, streams))
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    for start in range(0, inputs.shape[1], chunk):
-        x = inputs[:, start : start + chunk].to(device)
-        y = targets[:, start : start + chunk].to(device)
-        m = mask[:, start : start + chunk].to(device)
+    for inputs, targets, mask in stream_chunks(ids, streams, chunk):
+        x, y, m = inputs.to(device), targets.to(device), mask.to(device)
         with autocast(device, dtype):
             logits, state = model(x, state)
         losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (S, T)
@@ -104,17 +114,20 @@ def evaluate_windows(
     if n_windows < 1:
         raise ValueError(f"the text is shorter than one window of {window + 1} characters")
     device = model.head.weight.device
-    usable = torch.from_numpy(np.asarray(ids[: n_windows * window + 1], dtype=np.int64))
-    inputs = usable[:-1].view(n_windows, window)
-    targets = usable[1:].view(n_windows, window)
     was_training = model.training
     model.eval()
     total = 0.0
-    for start in range(0, n_windows, batch):
-        x = inputs[start : start + batch].to(device)
-        y = targets[start : start + batch].to(device)
+    for first in range(0, n_windows, batch):
+        rows = min(batch, n_windows - first)
+        # Sliced batch by batch, so a memory-mapped text is never copied whole.
+        piece = torch.from_numpy(
+            np.asarray(ids[first * window : (first + rows) * window + 1], dtype=np.int64)
+        )
+        x = piece[:-1].view(rows, window).to(device)
+        y = piece[1:].view(rows, window).to(device)
         with autocast(device, dtype):
             logits, _ = model(x)
         total += float(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="sum"))
     model.train(was_training)
-    return EvalResult(loss=total / inputs.numel(), chars=inputs.numel())
+    chars = n_windows * window
+    return EvalResult(loss=total / chars, chars=chars)

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import SampleConfig
 from ..errors import UsageError
-from ..evaluate import EvalResult, _streams
+from ..evaluate import EvalResult, whole_streams
 from ..model import CharRNNModel, state_tensors
 from ..sample import draw_by_inverse_cdf, filter_logits, make_generator
 from ..vocab import Vocab
@@ -260,7 +260,7 @@ class FastGenerator:
     @torch.no_grad()
     def loss(self, ids: np.ndarray, *, streams: int = 16) -> EvalResult:
         """Mean cross-entropy over `ids` as `evaluate` reads it, computed by the fast step."""
-        inputs, targets, mask = (torch.from_numpy(a).t().contiguous() for a in _streams(ids, streams))
+        inputs, targets, mask = (a.t().contiguous() for a in whole_streams(ids, streams))
         h, c = self.zero_state(inputs.shape[1])
         losses = self.loop.score(inputs, targets, h, c)
         return EvalResult(loss=float(losses[mask].sum() / mask.sum()), chars=int(mask.sum()))
