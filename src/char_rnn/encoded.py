@@ -24,17 +24,16 @@ gets a new entry, and the stale entry of the same files is removed. An entry's J
 from __future__ import annotations
 
 import codecs
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import write_atomic_with
 from .errors import CharRNNError, UsageError
 from .vocab import Vocab
 
@@ -248,21 +247,6 @@ def _open_entry(ids_path: Path) -> EncodedText | None:
         return None
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through `write(file)` to a temporary name, fsync, and rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def encode_files(
     files: list[Path],
     encoding: str,
@@ -293,7 +277,7 @@ def encode_files(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         written: list[int] = []
-        _write_atomic(ids_path, lambda f: written.append(_write_ids(chunks(), vocab, f)))
+        write_atomic_with(ids_path, lambda f: written.append(_write_ids(chunks(), vocab, f)))
     except OSError as error:
         raise CharRNNError(
             f"cannot write the encoded corpus to {folder} ({error.strerror}); "
@@ -315,7 +299,7 @@ def encode_files(
         "vocab": list(vocab.chars),
     }
     payload = json.dumps(meta, ensure_ascii=False).encode("utf-8")
-    _write_atomic(ids_path.with_suffix(".json"), lambda f: f.write(payload))
+    write_atomic_with(ids_path.with_suffix(".json"), lambda f: f.write(payload))
     for stale in folder.glob(f"{which}-*"):
         if not stale.name.startswith(f"{which}-{version}."):
             stale.unlink(missing_ok=True)
