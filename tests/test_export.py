@@ -51,6 +51,9 @@ def test_cli_export_then_greedy_text_is_the_same_on_both_engines(gru_run):
     assert onnx.returncode == 0 and torch_text.returncode == 0, onnx.stderr + torch_text.stderr
     assert onnx.stdout.startswith("ROMEO:") and len(onnx.stdout) > 200
     assert onnx.stdout == torch_text.stdout
+    fast = run_cli(*greedy, "--engine", "torch")  # the default engine (int8 recurrent weights)
+    assert fast.returncode == 0, fast.stderr
+    assert onnx.stdout == fast.stdout
 
 
 def test_two_layer_lstm_greedy_text_is_the_same_on_both_engines(lstm_run):
