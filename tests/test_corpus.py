@@ -1,6 +1,7 @@
 import pytest
 
-from char_rnn.corpus import SHAKESPEARE_SHA256, load_corpus, read_text, sha256_file, shakespeare_path
+from char_rnn.checkpoint import sha256_file
+from char_rnn.corpus import SHAKESPEARE_SHA256, load_corpus, read_text, shakespeare_path
 from char_rnn.errors import CharRNNError
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import sha256_file
 from .encoded import binary_error, encode_files, looks_binary, undecodable_error
 from .errors import CharRNNError, UsageError
 from .vocab import Vocab
@@ -47,14 +48,6 @@ class Corpus:
         n_val = int(len(self.ids) * val_fraction)
         cut = len(self.ids) - n_val
         return self.ids[:cut], self.ids[cut:]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shakespeare_path() -> Path:

@@ -10,7 +10,6 @@ metadata, so that a stale export is refused rather than silently used.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import RunFolder, write_atomic
+from .checkpoint import RunFolder, sha256_file, write_atomic
 from .errors import CharRNNError, UsageError
 from .model import CharRNNModel, state_from_tensors, state_tensors
 
@@ -32,14 +31,6 @@ CHECKPOINT_KEY = "char_rnn.checkpoint"
 
 def state_names(cell: str) -> list[str]:
     return ["h", "c"] if cell == "lstm" else ["h"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class OneStep(nn.Module):
@@ -90,7 +81,7 @@ def export_onnx(
             },
         )
     graph = onnx.load_model_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(graph, {WEIGHTS_SHA256_KEY: file_sha256(weights), CHECKPOINT_KEY: which})
+    onnx.helper.set_model_props(graph, {WEIGHTS_SHA256_KEY: sha256_file(weights), CHECKPOINT_KEY: which})
     onnx.checker.check_model(graph)
     path = Path(out) if out is not None else folder.path / ONNX_FILE
     try:

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import RunFolder
+from .checkpoint import RunFolder, sha256_file
 from .config import ModelConfig, SampleConfig, from_dict
 from .errors import CharRNNError
-from .export import CHECKPOINT_KEY, ONNX_FILE, WEIGHTS_SHA256_KEY, file_sha256, state_names
+from .export import CHECKPOINT_KEY, ONNX_FILE, WEIGHTS_SHA256_KEY, state_names
 from .sample import make_generator, sample_next
 from .vocab import Vocab
 
@@ -52,7 +52,7 @@ class OnnxEngine:
             raise CharRNNError(f"{path} is not a readable ONNX model ({str(error)[:200]})") from None
         metadata = session.get_modelmeta().custom_metadata_map
         weights = folder.weights_path(which)
-        if metadata.get(WEIGHTS_SHA256_KEY) != file_sha256(weights):
+        if metadata.get(WEIGHTS_SHA256_KEY) != sha256_file(weights):
             exported = metadata.get(CHECKPOINT_KEY, "unknown")
             raise CharRNNError(
                 f"{path} was exported from other weights (checkpoint {exported}) than {weights}; "
