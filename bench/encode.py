@@ -8,7 +8,7 @@ in every tenth copy, so that the non-ASCII decoding path runs too), then:
 
 1. encodes it in a child process: MB/s of text, and that process's peak RSS;
 2. trains a few steps on it in another child process (the encoding now cached) and
-   reports that process's peak RSS, the figure the issue bounds at 1.5 GiB.
+   reports that process's peak RSS, which must stay under 1.5 GiB.
 
 The corpus and its cache are deleted afterwards unless --keep is given.
 """
