@@ -1,12 +1,14 @@
 """The fused CPU GRU/LSTM: the same function as nn.GRU/nn.LSTM, its gradients, and the same
 learning under bf16 as under fp32."""
 
+import shutil
+
 import pytest
 import torch
 from conftest import run_cli, tiny_train_config
 from torch import nn
 
-from char_rnn import fused_rnn
+from char_rnn import fused_rnn, native
 from char_rnn.checkpoint import load_weights, weights_bytes, write_atomic
 from char_rnn.config import ModelConfig
 from char_rnn.model import CharRNNModel
@@ -35,26 +37,60 @@ def test_gradients_pass_gradcheck_in_float64(cell):
         assert torch.autograd.gradcheck(fused_rnn.lstm_layer, (x, *states, *weights))
 
 
+def native_loops():
+    module = native.kernels()
+    if module is None:
+        if shutil.which("c++") or shutil.which("g++"):
+            pytest.fail("a C++ compiler is here, yet the fused kernels did not build")
+        pytest.skip("no C++ compiler: the compiled loops cannot be built here")
+    return fused_rnn.NativeLoops(module)
+
+
+LOOPS = {"torch": lambda: fused_rnn.TorchLoops(), "native": native_loops}
+
+
+def _outputs_and_grads(rnn, cell, x, state, forward):
+    rnn.zero_grad()
+    xg = x.clone().requires_grad_(True)
+    out, final = forward(xg, state)
+    finals = list(final) if cell == "lstm" else [final]
+    (out.square().sum() + sum((f * 3).sum() for f in finals)).backward()
+    return [out, *finals, xg.grad, *(p.grad for p in rnn.parameters())]
+
+
+@pytest.mark.parametrize("loops", LOOPS)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_forward_and_gradients_equal_pytorch_layers_in_fp32(cell, layers):
+def test_forward_and_gradients_equal_pytorch_layers_in_fp32(cell, layers, loops):
     torch.manual_seed(0)
     rnn = RNNS[cell](6, 10, num_layers=layers)
     x = torch.randn(7, 3, 6)
     state = _state(cell, layers, 3, 10)
-
-    def outputs_and_grads(forward):
-        rnn.zero_grad()
-        xg = x.clone().requires_grad_(True)
-        out, final = forward(xg, state)
-        finals = list(final) if cell == "lstm" else [final]
-        (out.square().sum() + sum((f * 3).sum() for f in finals)).backward()
-        return [out, *finals, xg.grad, *(p.grad for p in rnn.parameters())]
-
-    ours = outputs_and_grads(lambda xg, s: fused_rnn.run(rnn, xg, s))
-    theirs = outputs_and_grads(lambda xg, s: rnn(xg, s))
+    chosen = LOOPS[loops]()
+    ours = _outputs_and_grads(rnn, cell, x, state, lambda xg, s: fused_rnn.run(rnn, xg, s, loops=chosen))
+    theirs = _outputs_and_grads(rnn, cell, x, state, lambda xg, s: rnn(xg, s))
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_compiled_loops_match_pytorch_loops_under_bf16(cell):
+    # Widths that are not multiples of the vector length exercise the loops' tails.
+    torch.manual_seed(0)
+    rnn = RNNS[cell](24, 40, num_layers=2)
+    x = torch.randn(30, 5, 24)
+    state = _state(cell, 2, 5, 40)
+    results = {}
+    for name, make in LOOPS.items():
+        chosen = make()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results[name] = _outputs_and_grads(
+                rnn, cell, x, state, lambda xg, s, chosen=chosen: fused_rnn.run(rnn, xg, s, loops=chosen)
+            )
+    for a, b in zip(results["native"], results["torch"], strict=True):
+        assert a.dtype == b.dtype
+        scale = b.abs().max().clamp_min(1e-3)
+        assert (a - b).abs().max() / scale < 0.02
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

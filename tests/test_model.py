@@ -36,8 +36,9 @@ def test_initial_state_shapes():
     assert gru.initial_state(3).shape == (2, 3, 7)
 
 
-def test_dropout_between_layers_only_in_training():
-    model = CharRNNModel(ModelConfig(vocab_size=5, embedding_dim=4, units=8, layers=2, dropout=0.5))
+@pytest.mark.parametrize("layers", [1, 2])
+def test_dropout_only_in_training(layers):
+    model = CharRNNModel(ModelConfig(vocab_size=5, embedding_dim=4, units=8, layers=layers, dropout=0.5))
     ids = torch.randint(0, 5, (2, 6))
     model.eval()
     a, _ = model(ids)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import fused_rnn
 from .config import ModelConfig
-from .device import autocast
+from .device import autocast, keep_freed_memory
 from .model import CharRNNModel
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
@@ -74,6 +74,7 @@ def measure_training(
     after `warmup` untimed ones, on random characters: the cost does not depend on the text."""
     if model_config.vocab_size < 1:
         raise ValueError("model_config.vocab_size must be set")
+    keep_freed_memory()  # as train() does
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     device = torch.device("cpu")

@@ -58,7 +58,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
     model.add_argument("--units", type=int, help="hidden units per layer (default 1024)")
     model.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
-    model.add_argument("--dropout", type=float, help="dropout between layers (default 0)")
+    model.add_argument(
+        "--dropout",
+        type=float,
+        help="dropout on the embedding, between layers and before the output (default 0)",
+    )
     opt = p.add_argument_group("optimization")
     opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     opt.add_argument("--lr-schedule", choices=SCHEDULES, help="constant (default) or cosine")

@@ -189,6 +189,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_schedule": "constant",
         "checkpoint_every_epochs": 5,
     },
+    # The best text in about an hour on a 2-core CPU: a deeper LSTM, dropout on every
+    # non-recurrent connection, a warm-up and a cosine decay over 30 epochs.
+    "quality": {
+        "embedding_dim": 256,
+        "units": 512,
+        "layers": 3,
+        "cell": "lstm",
+        "dropout": 0.25,
+        "lr": 2e-3,
+        "lr_schedule": "cosine",
+        "warmup_steps": 200,
+        "epochs": 30,
+    },
 }
 
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
+
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
 
@@ -60,22 +62,23 @@ def gemm_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-class _GRULayer(torch.autograd.Function):
+class TorchLoops:
+    """The time loops in PyTorch operations: the fallback where the compiled ones cannot be
+    built, and the reference they are tested against. Each loop takes the input projections
+    without biases, in the GEMM dtype, and returns what the batched weight-gradient GEMMs and
+    the backward loop need."""
+
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype):
-        T, B, E = x.shape
+    def gru_forward(gi, h0, w_hh_c, b_ih, b_hh):
+        T, B, _ = gi.shape
         H = h0.shape[1]
-        acc = x.dtype  # gate arithmetic and the carried state stay in this dtype
-        w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
-        x_c = x.to(compute_dtype).reshape(T * B, E)
-        # All T input projections at once, with both biases of r and z folded in: (T, B, 3H).
-        gi = torch.mm(x_c, w_ih_c.t()).view(T, B, 3 * H).to(acc)
-        gi += b_ih.to(acc)
+        acc, compute_dtype = h0.dtype, w_hh_c.dtype
+        # Both biases of r and z folded in: (T, B, 3H).
+        gi = gi.to(acc) + b_ih.to(acc)
         gi[..., : 2 * H] += b_hh[: 2 * H].to(acc)
         b_hn = b_hh[2 * H :].to(acc)
-
         # Preallocated per-step buffers: each step writes in place (out=) instead of allocating.
-        hs = x.new_empty(T + 1, B, H, dtype=acc)  # hs[t] is the state before step t
+        hs = h0.new_empty(T + 1, B, H)  # hs[t] is the state before step t
         hs[0] = h0
         hs_c = hs if compute_dtype == acc else hs.new_empty(T + 1, B, H, dtype=compute_dtype)
         if hs_c is not hs:
@@ -96,19 +99,12 @@ class _GRULayer(torch.autograd.Function):
                 if hs_c is not hs:
                     hs_c[t + 1].copy_(hs[t + 1])
                 torch.set_num_threads(threads)
-        ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
-        ctx.buffers = (hs, hs_c, rz, n, ghn)
-        ctx.dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
-        return hs[1:]
+        return hs, hs_c, rz, ghn, n
 
     @staticmethod
-    def backward(ctx, d_out):
-        x_c, w_ih_c, w_hh_c = ctx.saved_tensors
-        hs, hs_c, rz, n, ghn = ctx.buffers
-        x_dtype, h0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
+    def gru_backward(d_out, hs, rz, ghn, n, w_hh_c):
         T, B, H = n.shape
         cd = w_hh_c.dtype
-        d_out = d_out.to(hs.dtype)
         dh = torch.zeros_like(hs[0])
         # dG holds the gradients of the recurrent pre-activations [r, z, n_h] per step; the
         # input side differs only in n (dn_x = dn, dn_h = dn * r), kept in dgi_n.
@@ -134,42 +130,19 @@ class _GRULayer(torch.autograd.Function):
                 dgi_n[t].copy_(dn)
                 torch.set_num_threads(threads)
                 dh = dhz + torch.mm(dg_c[t], w_hh_c)
+        d_b_hh = dg_c.view(T * B, 3 * H).sum(0, dtype=hs.dtype)
+        d_b_in = dgi_n.view(T * B, H).sum(0, dtype=hs.dtype)
+        return dg_c, dgi_n, dh, d_b_hh, d_b_in
 
-        # The weight gradients of all steps at once.
-        dg_all = dg_c.view(T * B, 3 * H)
-        dgi_rz = dg_all[:, : 2 * H]
-        dgi_n_all = dgi_n.view(T * B, H)
-        d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = None
-        if ctx.needs_input_grad[0]:
-            d_x = torch.mm(dgi_rz, w_ih_c[: 2 * H]).to(x_dtype)
-            d_x += torch.mm(dgi_n_all, w_ih_c[2 * H :]).to(x_dtype)
-            d_x = d_x.view(T, B, -1)
-        if ctx.needs_input_grad[2]:
-            d_w_ih = torch.cat(
-                (torch.mm(dgi_rz.t(), x_c).to(w_ih_dtype), torch.mm(dgi_n_all.t(), x_c).to(w_ih_dtype))
-            )
-        if ctx.needs_input_grad[3]:
-            d_w_hh = torch.mm(dg_all.t(), hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
-        if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
-            d_b_hh = dg_all.sum(0, dtype=hs.dtype)
-            d_b_ih = torch.cat((d_b_hh[: 2 * H], dgi_n_all.sum(0, dtype=hs.dtype))).to(b_ih_dtype)
-            d_b_hh = d_b_hh.to(b_hh_dtype)
-        return d_x, dh.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
-
-
-class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype):
-        T, B, E = x.shape
+    def lstm_forward(pre, h0, c0, w_hh_c, bias):
+        T, B, _ = pre.shape
         H = h0.shape[1]
-        acc = x.dtype
-        w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
-        x_c = x.to(compute_dtype).reshape(T * B, E)
+        acc, compute_dtype = h0.dtype, w_hh_c.dtype
         # gates[t] starts as the input projection with both biases; each step adds W_hh h
         # and turns it, in place, into the activated gates i, f, g, o.
-        gates = torch.mm(x_c, w_ih_c.t()).view(T, B, 4 * H).to(acc)
-        gates += (b_ih + b_hh).to(acc)
-        hs = x.new_empty(T + 1, B, H, dtype=acc)
+        gates = pre.to(acc) + bias
+        hs = h0.new_empty(T + 1, B, H)
         hs[0] = h0
         hs_c = hs if compute_dtype == acc else hs.new_empty(T + 1, B, H, dtype=compute_dtype)
         if hs_c is not hs:
@@ -194,24 +167,17 @@ class _LSTMLayer(torch.autograd.Function):
                 if hs_c is not hs:
                     hs_c[t + 1].copy_(hs[t + 1])
                 torch.set_num_threads(threads)
-        ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
-        ctx.buffers = (hs, hs_c, cs, gates, tanh_c)
-        ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
-        return hs[1:], cs[T].clone()
+        return hs, hs_c, cs, gates, tanh_c
 
     @staticmethod
-    def backward(ctx, d_out, d_c_last):
-        x_c, w_ih_c, w_hh_c = ctx.saved_tensors
-        hs, hs_c, cs, gates, tanh_c = ctx.buffers
-        x_dtype, h0_dtype, c0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
+    def lstm_backward(d_out, d_c_last, cs, gates, tanh_c, w_hh_c):
         T, B, H = tanh_c.shape
         cd = w_hh_c.dtype
-        d_out = d_out.to(hs.dtype)
-        dh = torch.zeros_like(hs[0])
-        dc = d_c_last.to(hs.dtype).clone() if d_c_last is not None else torch.zeros_like(dh)
-        dg = hs.new_empty(B, 4 * H)
-        dg_c = hs.new_empty(T, B, 4 * H, dtype=cd)
-        scratch = hs.new_empty(B, H)
+        dh = torch.zeros_like(cs[0])
+        dc = d_c_last.clone()
+        dg = cs.new_empty(B, 4 * H)
+        dg_c = cs.new_empty(T, B, 4 * H, dtype=cd)
+        scratch = cs.new_empty(B, H)
         with _threads_restored() as threads:
             for t in range(T - 1, -1, -1):
                 torch.set_num_threads(1)
@@ -233,37 +199,139 @@ class _LSTMLayer(torch.autograd.Function):
                 dc.mul_(f)
                 dg_c[t].copy_(dg)
                 torch.set_num_threads(threads)
-                dh = torch.mm(dg_c[t], w_hh_c).to(hs.dtype)
+                dh = torch.mm(dg_c[t], w_hh_c).to(cs.dtype)
+        return dg_c, dh, dc, dg_c.view(T * B, 4 * H).sum(0, dtype=cs.dtype)
 
+
+class NativeLoops:
+    """The same loops, compiled (native/cells.cpp): one pass over the gate arithmetic per step.
+    They take fp32 state and fp32 or bf16 GEMMs."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def gru_forward(self, gi, h0, w_hh_c, b_ih, b_hh):
+        return self.module.gru_forward(gi, h0.contiguous(), w_hh_c.t(), b_ih.float(), b_hh.float())
+
+    def gru_backward(self, d_out, hs, rz, ghn, n, w_hh_c):
+        return self.module.gru_backward(d_out.contiguous(), hs, rz, ghn, n, w_hh_c)
+
+    def lstm_forward(self, pre, h0, c0, w_hh_c, bias):
+        return self.module.lstm_forward(pre, h0.contiguous(), c0.contiguous(), w_hh_c.t(), bias.contiguous())
+
+    def lstm_backward(self, d_out, d_c_last, cs, gates, tanh_c, w_hh_c):
+        return self.module.lstm_backward(d_out.contiguous(), d_c_last, cs, gates, tanh_c, w_hh_c)
+
+
+def loops_for(acc: torch.dtype, compute_dtype: torch.dtype) -> TorchLoops | NativeLoops:
+    """The compiled loops where they apply and could be built, else PyTorch's."""
+    if acc == torch.float32 and compute_dtype in (torch.float32, torch.bfloat16):
+        module = native.kernels()
+        if module is not None:
+            return NativeLoops(module)
+    return TorchLoops()
+
+
+class _GRULayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops):
+        T, B, E = x.shape
+        H = h0.shape[1]
+        w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
+        x_c = x.to(compute_dtype).reshape(T * B, E)
+        gi = torch.mm(x_c, w_ih_c.t()).view(T, B, 3 * H)  # all T input projections at once
+        hs, hs_c, rz, ghn, n = loops.gru_forward(gi, h0.to(x.dtype), w_hh_c, b_ih, b_hh)
+        ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
+        ctx.buffers = (hs, hs_c, rz, ghn, n)
+        ctx.loops = loops
+        ctx.dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x_c, w_ih_c, w_hh_c = ctx.saved_tensors
+        hs, hs_c, rz, ghn, n = ctx.buffers
+        x_dtype, h0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
+        T, B, H = n.shape
+        dg_c, dgi_n, dh0, d_b_rzn, d_b_in = ctx.loops.gru_backward(d_out.to(hs.dtype), hs, rz, ghn, n, w_hh_c)
+
+        # The weight gradients of all steps at once.
+        dg_all = dg_c.view(T * B, 3 * H)
+        dgi_rz = dg_all[:, : 2 * H]
+        dgi_n_all = dgi_n.view(T * B, H)
+        d_x = d_w_ih = d_w_hh = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.mm(dgi_rz, w_ih_c[: 2 * H]).to(x_dtype)
+            d_x += torch.mm(dgi_n_all, w_ih_c[2 * H :]).to(x_dtype)
+            d_x = d_x.view(T, B, -1)
+        if ctx.needs_input_grad[2]:
+            d_w_ih = torch.cat(
+                (torch.mm(dgi_rz.t(), x_c).to(w_ih_dtype), torch.mm(dgi_n_all.t(), x_c).to(w_ih_dtype))
+            )
+        if ctx.needs_input_grad[3]:
+            d_w_hh = torch.mm(dg_all.t(), hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
+        d_b_ih = torch.cat((d_b_rzn[: 2 * H], d_b_in)).to(b_ih_dtype)
+        return d_x, dh0.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_rzn.to(b_hh_dtype), None, None
+
+
+class _LSTMLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops):
+        T, B, E = x.shape
+        H = h0.shape[1]
+        acc = x.dtype
+        w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
+        x_c = x.to(compute_dtype).reshape(T * B, E)
+        pre = torch.mm(x_c, w_ih_c.t()).view(T, B, 4 * H)
+        bias = (b_ih + b_hh).to(acc)
+        hs, hs_c, cs, gates, tanh_c = loops.lstm_forward(pre, h0.to(acc), c0.to(acc), w_hh_c, bias)
+        ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
+        ctx.buffers = (hs_c, cs, gates, tanh_c)
+        ctx.loops = loops
+        ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+        return hs[1:], cs[T].clone()
+
+    @staticmethod
+    def backward(ctx, d_out, d_c_last):
+        x_c, w_ih_c, w_hh_c = ctx.saved_tensors
+        hs_c, cs, gates, tanh_c = ctx.buffers
+        x_dtype, h0_dtype, c0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
+        T, B, H = tanh_c.shape
+        d_c_last = torch.zeros_like(cs[0]) if d_c_last is None else d_c_last.to(cs.dtype)
+        dg_c, dh0, dc0, d_b = ctx.loops.lstm_backward(d_out.to(cs.dtype), d_c_last, cs, gates, tanh_c, w_hh_c)
         dg_all = dg_c.view(T * B, 4 * H)
-        d_x = d_w_ih = d_w_hh = d_b = None
+        d_x = d_w_ih = d_w_hh = None
         if ctx.needs_input_grad[0]:
             d_x = torch.mm(dg_all, w_ih_c).to(x_dtype).view(T, B, -1)
         if ctx.needs_input_grad[3]:
             d_w_ih = torch.mm(dg_all.t(), x_c).to(w_ih_dtype)
         if ctx.needs_input_grad[4]:
             d_w_hh = torch.mm(dg_all.t(), hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
-        if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
-            d_b = dg_all.sum(0, dtype=hs.dtype)
         return (
-            d_x, dh.to(h0_dtype), dc.to(c0_dtype), d_w_ih, d_w_hh,
-            None if d_b is None else d_b.to(b_ih_dtype), None if d_b is None else d_b.to(b_hh_dtype),
-            None,
+            d_x, dh0.to(h0_dtype), dc0.to(c0_dtype), d_w_ih, d_w_hh,
+            d_b.to(b_ih_dtype), d_b.to(b_hh_dtype), None, None,
         )  # fmt: skip
 
 
-def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+def gru_layer(
+    x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None
+) -> torch.Tensor:
     """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H), the last being the
-    final state. The GEMMs run in `compute_dtype` (default: the weights' dtype)."""
-    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype or w_hh.dtype)
+    final state. The GEMMs run in `compute_dtype` (default: the weights' dtype); `loops`
+    chooses the time loops (default: `loops_for` the dtypes)."""
+    compute_dtype = compute_dtype or w_hh.dtype
+    loops = loops or loops_for(x.dtype, compute_dtype)
+    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops)
 
 
 def lstm_layer(
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final cell
     state (B, H)."""
-    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype or w_hh.dtype)
+    compute_dtype = compute_dtype or w_hh.dtype
+    loops = loops or loops_for(x.dtype, compute_dtype)
+    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops)
 
 
 def supports(rnn: nn.Module) -> bool:
@@ -274,12 +342,13 @@ def supports(rnn: nn.Module) -> bool:
     return rnn.bias and not rnn.bidirectional and getattr(rnn, "proj_size", 0) == 0
 
 
-def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None):
+def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None):
     """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters.
 
     Returns the top layer's outputs (T, B, H) and the state in nn.GRU/nn.LSTM's layout:
     (L, B, H), or a pair of them for an LSTM. Dropout between layers follows
-    `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it."""
+    `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it. `loops` chooses the time
+    loops (default: `loops_for` the dtypes)."""
     is_lstm = isinstance(rnn, nn.LSTM)
     T, B, _ = x.shape
     L, H = rnn.num_layers, rnn.hidden_size
@@ -298,10 +367,10 @@ def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None):
             ]
             if is_lstm:
                 h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
-                out, c = lstm_layer(layer_in, h0, c0, *weights, compute_dtype)
+                out, c = lstm_layer(layer_in, h0, c0, *weights, compute_dtype, loops)
                 c_last.append(c)
             else:
-                out = gru_layer(layer_in, state[layer].to(acc), *weights, compute_dtype)
+                out = gru_layer(layer_in, state[layer].to(acc), *weights, compute_dtype, loops)
             h_last.append(out[-1])
             if layer < L - 1 and rnn.dropout > 0 and rnn.training:
                 out = F.dropout(out, rnn.dropout, training=True)

@@ -29,7 +29,11 @@ class CharRNNModel(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set from the corpus before building")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
-        # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA; dropout applies between layers only.
+        # Dropout on every connection that is not recurrent: the embedding's output, between
+        # layers (inside the RNN) and the top layer's output. The recurrent path stays clean,
+        # so the state carried from batch to batch is never masked.
+        self.dropout = nn.Dropout(config.dropout)
+        # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA.
         self.rnn = _RNN_CLASSES[config.cell](
             config.embedding_dim,
             config.units,
@@ -54,11 +58,11 @@ class CharRNNModel(nn.Module):
         if self.fused_cpu and ids.device.type == "cpu" and ids.shape[1] > 1:
             # Time-major inside: each step then reads and writes contiguous (B, H) rows.
             # (One character at a time, as generation feeds it, nn.GRU/LSTM is as fast.)
-            out, state = fused_rnn.run(self.rnn, self.embedding(ids.t()), state)  # (T, B, H)
-            return self.head(out).transpose(0, 1).contiguous(), state  # (B, T, V)
-        x = self.embedding(ids)  # (B, T, E)
+            out, state = fused_rnn.run(self.rnn, self.dropout(self.embedding(ids.t())), state)  # (T, B, H)
+            return self.head(self.dropout(out)).transpose(0, 1).contiguous(), state  # (B, T, V)
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
         out, state = self.rnn(x, state)  # (B, T, H)
-        return self.head(out), state  # (B, T, V)
+        return self.head(self.dropout(out)), state  # (B, T, V)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -33,7 +33,7 @@ from .batches import make_batches
 from .checkpoint import RunFolder, TrainerState, load_weights, parse_trainer
 from .config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
 from .corpus import Corpus, load_corpus
-from .device import autocast, resolve_precision
+from .device import autocast, keep_freed_memory, resolve_precision
 from .distributed import Processes, process_group, run_folder
 from .errors import CharRNNError, UsageError
 from .evaluate import EvalResult, evaluate
@@ -348,6 +348,7 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
     """Train (or, with `config.resume`, continue training) and return where it stopped.
 
     Started by torchrun, every process calls this and they train as one (distributed.py)."""
+    keep_freed_memory()
     with process_group(config.device) as processes:
         if not processes.is_main:
             config = replace(config, quiet=True)  # one progress bar, rank 0's

@@ -1,0 +1,67 @@
+"""The compiled time loops of the fused CPU GRU and LSTM (cells.cpp).
+
+They are built on first use with PyTorch's extension builder and the machine's C++
+compiler, for this machine's CPU (-march=native), and cached (in $TORCH_EXTENSIONS_DIR, by
+default ~/.cache/torch_extensions): the first run on a machine pays about a minute, later
+ones load in a moment. Where they cannot be built (no compiler, say) the fused layers fall
+back to their PyTorch loops, which compute the same thing more slowly; CHAR_RNN_NATIVE=0
+asks for that fallback explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+SOURCE = Path(__file__).with_name("cells.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+
+
+def _cpu_identity() -> str:
+    """What the build depends on besides its source: -march=native code runs only on CPUs
+    with the same features, so a cache shared between machines keeps one build per kind."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        wanted = []
+    return "\n".join([platform.machine(), platform.processor(), *wanted])
+
+
+def _ensure_ninja_on_path() -> None:
+    """The builder runs `ninja`; the PyPI wheel's copy serves where the system has none."""
+    if shutil.which("ninja") is None:
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.cache
+def kernels() -> ModuleType | None:
+    """The compiled module, or None where it cannot be had."""
+    if os.environ.get("CHAR_RNN_NATIVE", "1") == "0" or sys.platform == "win32":
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_identity().encode())
+    try:
+        from torch.utils import cpp_extension
+
+        _ensure_ninja_on_path()
+        return cpp_extension.load(
+            name=f"char_rnn_cells_{key.hexdigest()[:16]}",
+            sources=[str(SOURCE)],
+            extra_cflags=FLAGS,
+            verbose=False,
+        )
+    except Exception as error:  # a missing compiler or ninja, a failed build: all mean "fall back"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(f"fused CPU kernels unavailable ({reason}); using the slower PyTorch loops", stacklevel=2)
+        return None
