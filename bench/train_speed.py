@@ -16,12 +16,13 @@ import os
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from char_rnn.benchmark import measure_training
-from char_rnn.config import ModelConfig
+from char_rnn.config import ModelConfig, build_configs, with_vocab
 from char_rnn.device import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def main() -> int:
     if not has_peer:
         print(f"(no TF peer: {args.peer_python} or {PEER} missing; timing ours only)")
 
-    tutorial = ModelConfig(vocab_size=65)
+    tutorial = with_vocab(build_configs("tutorial")[0], 65)
     figures: dict[str, list[float]] = {"tf": [], "fused": [], "torch": []}
     peak = []
     for round_ in range(1, args.rounds + 1):
@@ -87,8 +88,8 @@ def main() -> int:
 
     if not args.no_lstm:
         for name, config in (
-            ("LSTM 1024", ModelConfig(vocab_size=65, cell="lstm")),
-            ("2x512 LSTM", ModelConfig(vocab_size=65, cell="lstm", layers=2, units=512)),
+            ("LSTM 1024", replace(tutorial, cell="lstm")),
+            ("2x512 LSTM", replace(tutorial, cell="lstm", layers=2, units=512)),
         ):
             rows = {"fused": [], "torch": []}
             for _ in range(args.rounds):

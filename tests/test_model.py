@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from char_rnn.config import ModelConfig
+from char_rnn.config import ModelConfig, build_configs, with_vocab
 from char_rnn.model import CharRNNModel
 
 
@@ -22,7 +22,7 @@ def test_whole_sequence_equals_chunks_with_state_carried(cell, layers):
 
 
 def test_tutorial_shapes_and_parameter_count():
-    model = CharRNNModel(ModelConfig(vocab_size=65))
+    model = CharRNNModel(with_vocab(build_configs("tutorial")[0], 65))
     # Embedding 65x256, GRU 3*(1024*256 + 1024*1024 + 2*1024), Dense 1024*65 + 65
     expected = 65 * 256 + 3 * (1024 * 256 + 1024 * 1024 + 2 * 1024) + 1024 * 65 + 65
     assert model.num_parameters() == expected == 4_021_569

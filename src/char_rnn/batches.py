@@ -42,7 +42,7 @@ class StatefulBatches:
     def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, rank: int = 0, world_size: int = 1):
         n_streams = batch_size * world_size
         stream_length = len(ids) // n_streams
-        self.batches_per_epoch = (stream_length - 1) // seq_length
+        self.batches_per_epoch = batches_per_epoch(len(ids), "stateful", batch_size, seq_length, world_size)
         if self.batches_per_epoch < 1:
             need = n_streams * (seq_length + 1)
             raise _too_short(len(ids), need, f"{n_streams} streams of {seq_length + 1}")
@@ -69,7 +69,7 @@ class ShuffledBatches:
         self.rank = rank
         self.window = seq_length + 1
         n_windows = len(ids) // self.window
-        self.batches_per_epoch = n_windows // self.global_batch
+        self.batches_per_epoch = batches_per_epoch(len(ids), "shuffle", batch_size, seq_length, world_size)
         if self.batches_per_epoch < 1:
             need = self.global_batch * self.window
             raise _too_short(len(ids), need, f"{self.global_batch} windows of {self.window}")
@@ -109,3 +109,36 @@ def make_batches(
     if batching == "stateful":
         return StatefulBatches(ids, batch_size, seq_length, rank, world_size)
     return ShuffledBatches(ids, batch_size, seq_length, seed, rank, world_size)
+
+
+def batches_per_epoch(
+    n_chars: int, batching: str, batch_size: int, seq_length: int, world_size: int = 1
+) -> int:
+    """How many batches an epoch holds for this layout (0: not even one)."""
+    n_rows = batch_size * world_size
+    if batching == "stateful":
+        return max((n_chars // n_rows - 1) // seq_length, 0)
+    return (n_chars // (seq_length + 1)) // n_rows
+
+
+# A text too short for the asked batch trains on a narrower one, so that each epoch still
+# holds this many optimizer steps (or as many as a batch of one allows).
+MIN_BATCHES_PER_EPOCH = 8
+
+
+def fit_batch_size(n_chars: int, batching: str, batch_size: int, seq_length: int, world_size: int = 1) -> int:
+    """The largest batch, at most `batch_size`, that gives each epoch MIN_BATCHES_PER_EPOCH steps
+    (fewer only where even a batch of one gives fewer). A text too short for one batch keeps
+    `batch_size`, for make_batches to refuse with its reason."""
+
+    def steps(b: int) -> int:
+        return batches_per_epoch(n_chars, batching, b, seq_length, world_size)
+
+    wanted = min(MIN_BATCHES_PER_EPOCH, steps(1))
+    if wanted < 1 or steps(batch_size) >= wanted:
+        return batch_size
+    low, high = 1, batch_size  # steps(low) >= wanted > steps(high); steps falls as b grows
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if steps(middle) >= wanted else (low, middle)
+    return low

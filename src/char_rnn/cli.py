@@ -54,19 +54,19 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     data.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
     model = p.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
-    model.add_argument("--cell", choices=CELLS, help="recurrent cell (default gru)")
+    model.add_argument("--cell", choices=CELLS, help="recurrent cell (default lstm)")
     model.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
-    model.add_argument("--units", type=int, help="hidden units per layer (default 1024)")
-    model.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
+    model.add_argument("--units", type=int, help="hidden units per layer (default 512)")
+    model.add_argument("--layers", type=int, help="stacked recurrent layers (default 2)")
     model.add_argument(
         "--dropout",
         type=float,
-        help="dropout on the embedding, between layers and before the output (default 0)",
+        help="dropout on the embedding, between layers and before the output (default 0.1)",
     )
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    opt.add_argument("--lr-schedule", choices=SCHEDULES, help="constant (default) or cosine")
-    opt.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 0)")
+    opt.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
+    opt.add_argument("--lr-schedule", choices=SCHEDULES, help="cosine (default) or constant")
+    opt.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 100)")
     opt.add_argument("--min-lr-fraction", type=float, help="cosine floor, fraction of --lr")
     opt.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 5)")
@@ -76,10 +76,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     stop = p.add_argument_group("stopping and checkpoints")
     stop.add_argument("--out", help="run folder (default runs/latest)")
     stop.add_argument("--resume", action="store_true", default=None, help="continue the run")
-    stop.add_argument("--epochs", type=int, help="epochs to train (default 10)")
+    stop.add_argument(
+        "--epochs", type=int, help="epochs to train (default: enough for 2,000 steps, at least one)"
+    )
     stop.add_argument("--max-steps", type=int, help="stop at this total step count")
     stop.add_argument("--max-time", type=float, help="stop after this many seconds")
     stop.add_argument("--patience", type=int, help="stop after N epochs without a better val loss")
+    stop.add_argument(
+        "--val-max-chars", type=int, help="validation during training reads at most this much (default 1e6)"
+    )
     stop.add_argument("--log-every", type=int, help="log every N steps (default 100)")
     stop.add_argument("--eval-every-steps", type=int, help="validate every N steps too")
     stop.add_argument("--checkpoint-every-epochs", type=int, help="default 5")
@@ -261,10 +266,10 @@ def _add_bench_train(benches: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
-    p.add_argument("--cell", choices=CELLS, help="recurrent cell (default gru)")
+    p.add_argument("--cell", choices=CELLS, help="recurrent cell (default lstm)")
     p.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
-    p.add_argument("--units", type=int, help="hidden units per layer (default 1024)")
-    p.add_argument("--layers", type=int, help="stacked recurrent layers (default 1)")
+    p.add_argument("--units", type=int, help="hidden units per layer (default 512)")
+    p.add_argument("--layers", type=int, help="stacked recurrent layers (default 2)")
     p.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
     p.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
     p.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
@@ -326,7 +331,7 @@ TRAIN_FLAGS = (
     "data", "encoding", "val_fraction", "batching", "batch_size", "seq_length", "cell",
     "embedding_dim", "units", "layers", "dropout", "lr", "lr_schedule", "warmup_steps",
     "min_lr_fraction", "weight_decay", "grad_clip", "precision", "device", "seed", "out",
-    "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps",
+    "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps", "val_max_chars",
     "checkpoint_every_epochs", "checkpoint_every_steps", "keep_last", "on_nonfinite", "quiet",
 )  # fmt: skip
 

@@ -12,7 +12,11 @@ casts its weights at every step. These layers do what cuDNN does on a GPU:
 
 G is the number of gates (3 for a GRU, 4 for an LSTM). The weights are cast to the GEMM
 dtype (bf16 under autocast) once per call, not per step; the gate arithmetic runs in the
-input's dtype (fp32) and the gradients come back in the parameters' dtype. Parameters are
+input's dtype (fp32) and the gradients come back in the parameters' dtype.
+
+The time loops themselves come in two forms with one interface: `NativeLoops`, compiled
+(native/cells.cpp), which spends one vectorized pass over (B, H) per step on the gate
+arithmetic, and `TorchLoops`, the same in PyTorch operations, where no compiler is at hand. Parameters are
 those of nn.GRU / nn.LSTM (weight_ih_l0, ...), read from the module, so checkpoints do not
 depend on which path ran.
 

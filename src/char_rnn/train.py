@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .batches import make_batches
+from .batches import batches_per_epoch, fit_batch_size, make_batches
 from .checkpoint import RunFolder, TrainerState, load_weights, parse_trainer
 from .config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
 from .corpus import Corpus, load_corpus
@@ -161,6 +161,34 @@ def _run_config(model_config: ModelConfig, config: TrainConfig, corpus: Corpus) 
     }
 
 
+# ---- settings chosen from the text -----------------------------------------------------
+
+AUTO_STEPS = 2_000  # optimizer steps that `epochs: None` plans for, at least one epoch
+LONG_EPOCH_CHARS = 20_000_000  # an epoch over more text than this is also validated and saved...
+LONG_EPOCH_EVERY = 1_000  # ...every this many steps, unless told otherwise
+
+
+def fit_to_text(config: TrainConfig, n_chars: int, world_size: int = 1) -> TrainConfig:
+    """Fill in what the defaults leave to the text: a batch narrow enough for a short text to
+    give each epoch several steps, the number of epochs, and for a long text a cadence of
+    validation and checkpoints within the epoch. Fitting a fitted config changes nothing."""
+    batch = fit_batch_size(n_chars, config.batching, config.batch_size, config.seq_length, world_size)
+    if batch != config.batch_size:
+        log.warning(
+            "the training text (%d characters) is short for a batch of %d; training with %d",
+            n_chars, config.batch_size, batch,
+        )  # fmt: skip
+    per_epoch = max(batches_per_epoch(n_chars, config.batching, batch, config.seq_length, world_size), 1)
+    long_epoch = n_chars > LONG_EPOCH_CHARS
+    return replace(
+        config,
+        batch_size=batch,
+        epochs=config.epochs or math.ceil(AUTO_STEPS / per_epoch),
+        eval_every_steps=config.eval_every_steps or (LONG_EPOCH_EVERY if long_epoch else None),
+        checkpoint_every_steps=config.checkpoint_every_steps or (LONG_EPOCH_EVERY if long_epoch else None),
+    )
+
+
 # ---- the loop --------------------------------------------------------------------------
 
 
@@ -180,10 +208,12 @@ class _Trainer:
         if saved is not None:
             _check_resume(saved, self.corpus, self.model_config)
         self.train_ids, self.val_ids = self.corpus.split(config.val_fraction)
+        self.config = config = fit_to_text(config, len(self.train_ids), processes.world_size)
         self.batches = make_batches(
             self.train_ids, config.batching, config.batch_size, config.seq_length, config.seed,
             processes.rank, processes.world_size,
         )  # fmt: skip
+        self.val_ids = self.val_ids[: config.val_max_chars]
         if len(self.val_ids) < 2:
             self.val_ids = self.val_ids[:0]
 
@@ -357,6 +387,7 @@ def train(model_config: ModelConfig, config: TrainConfig) -> TrainResult:
 
 def _train(model_config: ModelConfig, config: TrainConfig, processes: Processes) -> TrainResult:
     trainer = _Trainer(model_config, config, processes)
+    config = trainer.config  # fitted to the text
     run, counters = trainer.run, trainer.counters
     per_epoch = trainer.batches.batches_per_epoch
     chars_per_step = trainer.global_batch * config.seq_length

@@ -63,5 +63,7 @@ def kernels() -> ModuleType | None:
         )
     except Exception as error:  # a missing compiler or ninja, a failed build: all mean "fall back"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(f"fused CPU kernels unavailable ({reason}); using the slower PyTorch loops", stacklevel=2)
+        warnings.warn(
+            f"fused CPU kernels unavailable ({reason}); using the slower PyTorch loops", stacklevel=2
+        )
         return None
