@@ -42,11 +42,10 @@ class CharRNNModel(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(config.units, config.vocab_size)
-        # On CPU a GRU runs through fused_rnn's kernels with these same parameters; False
-        # keeps PyTorch's own layers (for comparisons). An LSTM keeps nn.LSTM by default:
-        # its oneDNN kernel measured faster than the fused one on an idle CPU (README,
-        # Training speed). cuDNN stays in charge on CUDA.
-        self.fused_cpu = fused_rnn.supports(self.rnn) and config.cell == "gru"
+        # On CPU a GRU or LSTM runs through fused_rnn's kernels with these same parameters
+        # (measured faster than nn.GRU/nn.LSTM: README, Training speed); False keeps
+        # PyTorch's own layers, for comparisons. cuDNN stays in charge on CUDA.
+        self.fused_cpu = fused_rnn.supports(self.rnn)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         c = self.config

@@ -70,6 +70,22 @@ T* ptr(const at::Tensor& t) {
   }
 }
 
+// The carried states of a forward pass, hs[t] being the state before step t: in fp32, and in
+// the GEMM dtype for the next step's GEMM (the same tensor when that is fp32 too).
+struct States {
+  at::Tensor hs, hs_c;
+};
+
+States start_states(const at::Tensor& h0, int64_t T, const at::Tensor& w_hh_t) {
+  const int64_t B = h0.size(0), H = h0.size(1);
+  auto hs = at::empty({T + 1, B, H}, h0.options().dtype(at::kFloat));
+  hs[0].copy_(h0);
+  if (w_hh_t.scalar_type() == at::kFloat) return {hs, hs};
+  auto hs_c = at::empty({T + 1, B, H}, w_hh_t.options());
+  hs_c[0].copy_(h0);
+  return {hs, hs_c};
+}
+
 // ---- GRU ---------------------------------------------------------------------------------
 
 // One step: gi (B, 3H) input projections without bias, gh (B, 3H) = h @ W_hh^T.
@@ -104,15 +120,11 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& gi, const at::Tensor&
                                          const at::Tensor& b_ih, const at::Tensor& b_hh) {
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   auto f32 = h0.options().dtype(at::kFloat);
-  const bool separate_c = w_hh_t.scalar_type() != at::kFloat;
-  auto hs = at::empty({T + 1, B, H}, f32);
-  auto hs_c = separate_c ? at::empty({T + 1, B, H}, w_hh_t.options()) : hs;
+  auto [hs, hs_c] = start_states(h0, T, w_hh_t);
   auto rz = at::empty({T, B, 2 * H}, f32);
   auto ghn = at::empty({T, B, H}, f32);
   auto n = at::empty({T, B, H}, f32);
   auto gh = at::empty({B, 3 * H}, w_hh_t.options());
-  hs[0].copy_(h0);
-  if (separate_c) hs_c[0].copy_(h0);
   auto b_rz = (b_ih.slice(0, 0, 2 * H) + b_hh.slice(0, 0, 2 * H)).contiguous();
   auto b_in = b_ih.slice(0, 2 * H).contiguous();
   auto b_hn = b_hh.slice(0, 2 * H).contiguous();
@@ -214,16 +226,12 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& pre, const at::Tenso
                                           const at::Tensor& w_hh_t, const at::Tensor& bias) {
   const int64_t T = pre.size(0), B = pre.size(1), H = h0.size(1);
   auto f32 = h0.options().dtype(at::kFloat);
-  const bool separate_c = w_hh_t.scalar_type() != at::kFloat;
-  auto hs = at::empty({T + 1, B, H}, f32);
-  auto hs_c = separate_c ? at::empty({T + 1, B, H}, w_hh_t.options()) : hs;
+  auto [hs, hs_c] = start_states(h0, T, w_hh_t);
   auto cs = at::empty({T + 1, B, H}, f32);
   auto act = at::empty({T, B, 4 * H}, f32);
   auto tanh_c = at::empty({T, B, H}, f32);
   auto gh = at::empty({B, 4 * H}, w_hh_t.options());
-  hs[0].copy_(h0);
   cs[0].copy_(c0);
-  if (separate_c) hs_c[0].copy_(h0);
   for (int64_t t = 0; t < T; ++t) {
     at::mm_out(gh, hs_c[t], w_hh_t);
     lstm_step<G>(ptr<G>(pre[t]), ptr<G>(gh), ptr<float>(bias), ptr<float>(cs[t]), ptr<float>(act[t]),
@@ -281,15 +289,19 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& d_out, const at::Te
   return {dg, dh_mm.to(at::kFloat), dc, db};
 }
 
-void check_inputs(const std::vector<at::Tensor>& fp32, const at::Tensor& gemm_input, const at::Tensor& weight) {
+// The state tensors must be contiguous fp32 on the CPU; the GEMM input (the forward pass's
+// projections, where there is one) contiguous and in the weights' dtype, fp32 or bf16.
+void check_inputs(const std::vector<at::Tensor>& fp32, const at::Tensor& weight,
+                  const at::Tensor* gemm_input = nullptr) {
   for (const auto& t : fp32) {
     TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
                 "fused kernels take contiguous fp32 CPU state tensors");
   }
-  TORCH_CHECK(gemm_input.scalar_type() == weight.scalar_type() && gemm_input.is_contiguous(),
-              "the projections must be contiguous and in the weights' dtype");
   TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16,
               "fused kernels run in fp32 or bf16");
+  TORCH_CHECK(gemm_input == nullptr ||
+                  (gemm_input->scalar_type() == weight.scalar_type() && gemm_input->is_contiguous()),
+              "the projections must be contiguous and in the weights' dtype");
 }
 
 #define DISPATCH(weight, call) \
@@ -297,25 +309,25 @@ void check_inputs(const std::vector<at::Tensor>& fp32, const at::Tensor& gemm_in
 
 std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_hh_t, at::Tensor b_ih,
                                     at::Tensor b_hh) {
-  check_inputs({h0, b_ih, b_hh}, gi, w_hh_t);
+  check_inputs({h0, b_ih, b_hh}, w_hh_t, &gi);
   return DISPATCH(w_hh_t, gru_forward_impl)(gi, h0, w_hh_t, b_ih, b_hh);
 }
 
 std::vector<at::Tensor> gru_backward(at::Tensor d_out, at::Tensor hs, at::Tensor rz, at::Tensor ghn, at::Tensor n,
                                      at::Tensor w_hh) {
-  check_inputs({d_out, hs, rz, ghn, n}, w_hh, w_hh);
+  check_inputs({d_out, hs, rz, ghn, n}, w_hh);
   return DISPATCH(w_hh, gru_backward_impl)(d_out, hs, rz, ghn, n, w_hh);
 }
 
 std::vector<at::Tensor> lstm_forward(at::Tensor pre, at::Tensor h0, at::Tensor c0, at::Tensor w_hh_t,
                                      at::Tensor bias) {
-  check_inputs({h0, c0, bias}, pre, w_hh_t);
+  check_inputs({h0, c0, bias}, w_hh_t, &pre);
   return DISPATCH(w_hh_t, lstm_forward_impl)(pre, h0, c0, w_hh_t, bias);
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor d_out, at::Tensor d_c_last, at::Tensor cs, at::Tensor act,
                                       at::Tensor tanh_c, at::Tensor w_hh) {
-  check_inputs({d_out, cs, act, tanh_c}, w_hh, w_hh);
+  check_inputs({d_out, cs, act, tanh_c}, w_hh);
   return DISPATCH(w_hh, lstm_backward_impl)(d_out, d_c_last, cs, act, tanh_c, w_hh);
 }
 
