@@ -62,7 +62,7 @@ TINY_MODEL = ModelConfig(embedding_dim=16, units=48, layers=1, cell="gru")
 def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:
     values = dict(
         data=str(data), out=str(out), batch_size=8, seq_length=32, log_every=10,
-        epochs=1, seed=0, quiet=True, precision="fp32",
+        epochs=1, seed=0, quiet=True, precision="fp32", lr=1e-3, lr_schedule="constant", warmup_steps=0,
     )  # fmt: skip
     values.update(changes)
     return TrainConfig(**values)
@@ -78,6 +78,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, **kwargs)
 
 
 TINY_FLAGS = (
-    "--embedding-dim", "16", "--units", "48", "--batch-size", "8", "--seq-length", "32",
-    "--log-every", "10", "--precision", "fp32",
+    "--cell", "gru", "--layers", "1", "--dropout", "0", "--embedding-dim", "16", "--units", "48",
+    "--batch-size", "8", "--seq-length", "32", "--lr", "1e-3", "--lr-schedule", "constant",
+    "--warmup-steps", "0", "--log-every", "10", "--precision", "fp32",
 )  # fmt: skip

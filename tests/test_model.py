@@ -32,7 +32,7 @@ def test_initial_state_shapes():
     lstm = CharRNNModel(ModelConfig(vocab_size=5, units=7, layers=2, cell="lstm"))
     h, c = lstm.initial_state(3)
     assert h.shape == c.shape == (2, 3, 7)
-    gru = CharRNNModel(ModelConfig(vocab_size=5, units=7, layers=2))
+    gru = CharRNNModel(ModelConfig(vocab_size=5, units=7, layers=2, cell="gru"))
     assert gru.initial_state(3).shape == (2, 3, 7)
 
 

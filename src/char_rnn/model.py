@@ -32,7 +32,7 @@ class CharRNNModel(nn.Module):
         # Dropout on every connection that is not recurrent: the embedding's output, between
         # layers (inside the RNN) and the top layer's output. The recurrent path stays clean,
         # so the state carried from batch to batch is never masked.
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA.
         self.rnn = _RNN_CLASSES[config.cell](
             config.embedding_dim,
