@@ -56,7 +56,7 @@ def small_corpus(tmp_path, shakespeare_text) -> Path:
     return path
 
 
-TINY_MODEL = ModelConfig(embedding_dim=16, units=48, layers=1, cell="gru")
+TINY_MODEL = ModelConfig(embedding_dim=16, units=48, layers=1, cell="gru", dropout=0.0)
 
 
 def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:

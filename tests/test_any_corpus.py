@@ -48,7 +48,7 @@ def test_a_short_poem_trains_and_generates_with_the_defaults(tmp_path, shakespea
     poem = tmp_path / "poem.txt"
     poem.write_text(shakespeare_text[:6_000], encoding="utf-8")
     run = tmp_path / "run"
-    done = run_cli("train", "--data", poem, "--out", run, "--max-steps", "40", "--quiet")
+    done = run_cli("train", "--data", poem, "--out", run, "--max-steps", "40", "--log-every", "10", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "short for a batch of 64" in done.stderr
     saved = json.loads((run / "config.json").read_text())["train"]

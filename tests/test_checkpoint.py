@@ -10,7 +10,7 @@ from char_rnn.model import CharRNNModel
 
 
 def _trainer(step: int) -> TrainerState:
-    model = CharRNNModel(ModelConfig(vocab_size=7, embedding_dim=4, units=8))
+    model = CharRNNModel(ModelConfig(vocab_size=7, embedding_dim=4, units=8, layers=1, cell="gru"))
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.zeros(1, 3, dtype=torch.long))[0].sum().backward()
     optimizer.step()

@@ -32,7 +32,8 @@ def trained(tmp_path_factory, shakespeare_text) -> CharRNN:
     corpus = folder / "small.txt"
     corpus.write_text(shakespeare_text[:30_000])
     return CharRNN.train(
-        data=str(corpus), out=str(folder / "run"), embedding_dim=16, units=64, lr=0.01,
+        data=str(corpus), out=str(folder / "run"), cell="gru", layers=1, dropout=0.0, embedding_dim=16,
+        units=64, lr=0.01, lr_schedule="constant", warmup_steps=0,
         batch_size=16, seq_length=32, max_steps=80, quiet=True, precision="fp32",
     )  # fmt: skip
 
