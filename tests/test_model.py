@@ -48,3 +48,33 @@ def test_dropout_only_in_training(layers):
     torch.manual_seed(1)
     c, _ = model(ids)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_weight_drop_masks_recurrent_weights_alike_on_both_paths(cell):
+    """DropConnect: in training the fused CPU kernels and PyTorch's own layers see the same
+    masked weights, the dropped weights get no gradient, and evaluation is untouched."""
+    sizes = dict(vocab_size=7, embedding_dim=6, units=16, layers=2, cell=cell, dropout=0.0)
+    model = CharRNNModel(ModelConfig(**sizes, weight_drop=0.5))
+    plain = CharRNNModel(ModelConfig(**sizes))
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 7, (3, 9))
+    model.eval()
+    plain.eval()
+    torch.testing.assert_close(model(ids)[0], plain(ids)[0])
+
+    model.train()
+    outputs, grads = [], []
+    for fused in (True, False):
+        model.fused_cpu = fused
+        model.zero_grad()
+        torch.manual_seed(3)
+        logits, _ = model(ids)
+        logits.square().sum().backward()
+        outputs.append(logits)
+        grads.append(model.rnn.weight_hh_l1.grad.clone())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    dropped = (grads[0] == 0).float().mean().item()
+    assert 0.4 < dropped < 0.6
+    assert not torch.allclose(outputs[0], plain.train()(ids)[0])

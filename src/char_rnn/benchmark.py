@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import fused_rnn
 from .config import ModelConfig
 from .device import autocast, keep_freed_memory
 from .model import CharRNNModel
@@ -79,7 +78,7 @@ def measure_training(
     torch.manual_seed(seed)
     device = torch.device("cpu")
     model = CharRNNModel(model_config)
-    model.fused_cpu = fused and fused_rnn.supports(model.rnn)
+    model.fused_cpu = fused and model.fused_cpu
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     shape = (batch_size, seq_length)
     x = torch.randint(0, model_config.vocab_size, shape, generator=generator)

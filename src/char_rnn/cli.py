@@ -63,6 +63,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         type=float,
         help="dropout on the embedding, between layers and before the output (default 0.1)",
     )
+    model.add_argument(
+        "--weight-drop",
+        type=float,
+        help="fraction of the recurrent weights dropped in each training batch (default 0)",
+    )
     opt = p.add_argument_group("optimization")
     opt.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
     opt.add_argument("--lr-schedule", choices=SCHEDULES, help="cosine (default) or constant")
@@ -329,7 +334,7 @@ def build_parser() -> Parser:
 
 TRAIN_FLAGS = (
     "data", "encoding", "val_fraction", "batching", "batch_size", "seq_length", "cell",
-    "embedding_dim", "units", "layers", "dropout", "lr", "lr_schedule", "warmup_steps",
+    "embedding_dim", "units", "layers", "dropout", "weight_drop", "lr", "lr_schedule", "warmup_steps",
     "min_lr_fraction", "weight_decay", "grad_clip", "precision", "device", "seed", "out",
     "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps", "val_max_chars",
     "checkpoint_every_epochs", "checkpoint_every_steps", "keep_last", "on_nonfinite", "quiet",

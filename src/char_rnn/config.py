@@ -48,6 +48,9 @@ class ModelConfig:
     layers: int = 2
     cell: str = "lstm"
     dropout: float = 0.1
+    # DropConnect on the recurrent weights: each training batch zeroes this fraction of
+    # the hidden-to-hidden weights (one mask for all its time steps and sequences).
+    weight_drop: float = 0.0
 
     def __post_init__(self) -> None:
         _require(
@@ -58,8 +61,10 @@ class ModelConfig:
         _positive_int("units", self.units)
         _positive_int("layers", self.layers)
         _require(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
-        _finite("dropout", self.dropout)
-        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "weight_drop"):
+            value = getattr(self, name)
+            _finite(name, value)
+            _require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value!r}")
 
 
 @dataclass(frozen=True)

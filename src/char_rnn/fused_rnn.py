@@ -354,13 +354,16 @@ def supports(rnn: nn.Module) -> bool:
     return rnn.bias and not rnn.bidirectional and getattr(rnn, "proj_size", 0) == 0
 
 
-def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None):
-    """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters.
+def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=None):
+    """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters,
+    or with `weights` in their place (a dict by parameter name, as torch.func.functional_call
+    takes them).
 
     Returns the top layer's outputs (T, B, H) and the state in nn.GRU/nn.LSTM's layout:
     (L, B, H), or a pair of them for an LSTM. Dropout between layers follows
     `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it. `loops` chooses the time
     loops (default: `loops_for` the dtypes)."""
+    weights = weights or {}
     is_lstm = isinstance(rnn, nn.LSTM)
     T, B, _ = x.shape
     L, H = rnn.num_layers, rnn.hidden_size
@@ -374,15 +377,14 @@ def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None):
         h_last, c_last = [], []
         layer_in = x.to(acc)
         for layer in range(L):
-            weights = [
-                getattr(rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            ]
+            names = [f"{kind}_l{layer}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            params = [weights.get(name, getattr(rnn, name)) for name in names]
             if is_lstm:
                 h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
-                out, c = lstm_layer(layer_in, h0, c0, *weights, compute_dtype, loops)
+                out, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops)
                 c_last.append(c)
             else:
-                out = gru_layer(layer_in, state[layer].to(acc), *weights, compute_dtype, loops)
+                out = gru_layer(layer_in, state[layer].to(acc), *params, compute_dtype, loops)
             h_last.append(out[-1])
             if layer < L - 1 and rnn.dropout > 0 and rnn.training:
                 out = F.dropout(out, rnn.dropout, training=True)

@@ -12,7 +12,9 @@ same result.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from . import fused_rnn
 from .config import ModelConfig
@@ -54,14 +56,28 @@ class CharRNNModel(nn.Module):
         return (zeros, zeros.clone()) if c.cell == "lstm" else zeros
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        recurrent = self._dropped_recurrent_weights()
         if self.fused_cpu and ids.device.type == "cpu" and ids.shape[1] > 1:
             # Time-major inside: each step then reads and writes contiguous (B, H) rows.
             # (One character at a time, as generation feeds it, nn.GRU/LSTM is as fast.)
-            out, state = fused_rnn.run(self.rnn, self.dropout(self.embedding(ids.t())), state)  # (T, B, H)
+            x = self.dropout(self.embedding(ids.t()))  # (T, B, E)
+            out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent)  # (T, B, H)
             return self.head(self.dropout(out)).transpose(0, 1).contiguous(), state  # (B, T, V)
         x = self.dropout(self.embedding(ids))  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        if recurrent:
+            out, state = functional_call(self.rnn, recurrent, (x, state))  # (B, T, H)
+        else:
+            out, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.dropout(out)), state  # (B, T, V)
+
+    def _dropped_recurrent_weights(self) -> dict[str, torch.Tensor]:
+        """In training with weight_drop, each layer's hidden-to-hidden weights with a fresh
+        mask (DropConnect); otherwise nothing to replace."""
+        p = self.config.weight_drop
+        if not (self.training and p > 0):
+            return {}
+        names = (f"weight_hh_l{layer}" for layer in range(self.config.layers))
+        return {name: F.dropout(getattr(self.rnn, name), p) for name in names}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
