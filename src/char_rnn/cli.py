@@ -462,8 +462,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     m = info.model
     parameters = f"{info.parameters:,} parameters" if info.parameters is not None else "no weights yet"
     print(f"run          {info.path}")
+    dropout = f"dropout {m.get('dropout')}"
+    if m.get("weight_drop"):
+        dropout += f", weight drop {m['weight_drop']}"
     print(f"model        {m.get('cell', '?').upper()}, {m.get('layers')} x {m.get('units')} units, "
-          f"embedding {m.get('embedding_dim')}, dropout {m.get('dropout')}: {parameters}")  # fmt: skip
+          f"embedding {m.get('embedding_dim')}, {dropout}: {parameters}")  # fmt: skip
     print(f"vocabulary   {info.vocab_size} characters: {info.vocab_preview}")
     if info.corpus:
         print(f"corpus       {info.corpus.get('source')} ({info.corpus.get('chars', 0):,} characters)")
