@@ -32,8 +32,8 @@ class CharRNNModel(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
         # Dropout on every connection that is not recurrent: the embedding's output, between
-        # layers (inside the RNN) and the top layer's output. The recurrent path stays clean,
-        # so the state carried from batch to batch is never masked.
+        # layers (inside the RNN) and the top layer's output. The state carried from batch to
+        # batch is never masked; `weight_drop` masks the recurrent weights instead.
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA.
         self.rnn = _RNN_CLASSES[config.cell](
