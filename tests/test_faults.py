@@ -167,6 +167,20 @@ def test_keep_last_prunes_to_n_and_keeps_the_newest(small_corpus, tmp_path, keep
     assert not list((tmp_path / "run" / "checkpoints").glob(".pruned-*"))
 
 
+def test_a_resume_finishes_the_prune_a_crash_interrupted(small_corpus, tmp_path):
+    # A kill between the final checkpoint's commit and its prune leaves one too many; the
+    # resumed run has no step left to save, so the restore itself must prune.
+    run = tmp_path / "run"
+    train(TINY_MODEL, tiny_train_config(small_corpus, run, checkpoint_every_steps=2, keep_last=3))
+    three = [p.name for p in RunFolder(run).complete_checkpoints()]
+    assert len(three) == 3
+    (run / "checkpoints" / ".pruned-step-000000000-dead").mkdir()  # a prune killed mid-delete
+    train(TINY_MODEL, tiny_train_config(small_corpus, run, checkpoint_every_steps=2, keep_last=2,
+                                        resume=True))  # fmt: skip
+    assert [p.name for p in RunFolder(run).complete_checkpoints()] == three[:2]
+    assert not list((run / "checkpoints").glob(".pruned-*"))
+
+
 def test_keep_last_is_a_cli_option_and_rejects_zero(small_corpus, tmp_path):
     result = run_cli("train", "--data", small_corpus, "--out", tmp_path / "run", *TINY_FLAGS,
                      "--max-steps", "6", "--checkpoint-every-steps", "2", "--keep-last", "2")  # fmt: skip

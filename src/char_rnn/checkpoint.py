@@ -390,9 +390,10 @@ class RunFolder:
             fsync_dir(self.checkpoints)
             shutil.rmtree(hidden, ignore_errors=True)
 
-    def clean_after_crash(self, newest: Path | None) -> None:
-        """Remove what a killed writer left: temporary files, and make model.safetensors
-        the newest committed weights (a crash can fall between the commit and its refresh)."""
+    def clean_after_crash(self, newest: Path | None, keep_last: int) -> None:
+        """Finish what a killed writer left: remove temporary files, make model.safetensors
+        the newest committed weights and prune to `keep_last` (a crash can fall between a
+        commit and its refresh or its prune, and a resumed run may have no step left)."""
         folders = [self.path, *(self.checkpoints.glob("step-*") if self.checkpoints.is_dir() else [])]
         for folder in folders:
             for temporary in folder.glob(".*.tmp"):
@@ -402,6 +403,7 @@ class RunFolder:
             current = self.path / MODEL_FILE
             if not current.is_file() or current.read_bytes() != weights:
                 write_atomic(current, weights)
+        self.prune(keep_last)
 
     def weights_path(self, which: str = "latest") -> Path:
         name = {"latest": MODEL_FILE, "best": BEST_FILE}.get(which)

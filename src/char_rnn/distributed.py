@@ -142,7 +142,7 @@ class FollowerRunFolder(RunFolder):
     def prune(self, keep_last: int) -> None:
         pass
 
-    def clean_after_crash(self, newest) -> None:
+    def clean_after_crash(self, newest, keep_last: int) -> None:
         pass
 
 

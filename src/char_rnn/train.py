@@ -245,7 +245,7 @@ class _Trainer:
 
     def _restore(self) -> None:
         folder = next(self.run.complete_checkpoints(), None)
-        self.run.clean_after_crash(folder)
+        self.run.clean_after_crash(folder, self.config.keep_last)
         if folder is None and not self.run.has_committed_checkpoint():
             # Killed before its first checkpoint: the seed makes starting over exact.
             log.info("no checkpoint was committed yet; starting %s from step 0", self.run.path)
