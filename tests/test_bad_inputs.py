@@ -101,6 +101,7 @@ CASES = [
     ("zero learning rate", lambda ws: _train(ws, "--lr", "0"), 2, "lr must be positive"),
     ("negative units", lambda ws: _train(ws, "--units", "-1"), 2, "units"),
     ("dropout of 1.5", lambda ws: _train(ws, "--dropout", "1.5"), 2, "dropout"),
+    ("weight average decay of one", lambda ws: _train(ws, "--ema-decay", "1"), 2, "ema_decay must be in"),
     ("weight drop of 1", lambda ws: _train(ws, "--weight-drop", "1"), 2, "weight_drop"),
     ("NaN grad clip", lambda ws: _train(ws, "--grad-clip", "nan"), 2, "grad_clip"),
     ("zero epochs", lambda ws: _train(ws, "--epochs", "0"), 2, "epochs"),

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -209,6 +209,7 @@ class TrainerState:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     rng: torch.Tensor  # torch's CPU generator state
     hidden: list[torch.Tensor]  # the carried RNN state (empty when there is none)
+    averaged: list[torch.Tensor] = field(default_factory=list)  # ema.py's weights, or none
 
 
 def optimizer_to_tensors(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -239,6 +240,8 @@ def trainer_bytes(trainer: TrainerState) -> bytes:
     tensors["rng.torch"] = trainer.rng.contiguous()
     for i, h in enumerate(trainer.hidden):
         tensors[f"hidden.{i}"] = h.detach().to("cpu", torch.float32).contiguous()
+    for i, w in enumerate(trainer.averaged):
+        tensors[f"averaged.{i}"] = w.detach().cpu().contiguous()
     metadata = {
         "format_version": str(FORMAT_VERSION),
         "counters": json.dumps(trainer.counters),
@@ -257,11 +260,17 @@ def parse_trainer(path: Path) -> TrainerState:
             raise ValueError("the counters hold no step")
         if rng.dtype != torch.uint8 or rng.dim() != 1:
             raise ValueError("the RNG state is not a byte vector")
-        hidden = [tensors[f"hidden.{i}"] for i in range(sum(k.startswith("hidden.") for k in tensors))]
+        hidden = _numbered(tensors, "hidden")
+        averaged = _numbered(tensors, "averaged")
         optimizer = optimizer_from_tensors(tensors, optimizer_meta)
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
         raise CharRNNError(f"trainer state {path} is incomplete or damaged ({_first_line(error)})") from None
-    return TrainerState(counters=counters, optimizer=optimizer, rng=rng, hidden=hidden)
+    return TrainerState(counters=counters, optimizer=optimizer, rng=rng, hidden=hidden, averaged=averaged)
+
+
+def _numbered(tensors: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
+    """tensors["<prefix>.0"], tensors["<prefix>.1"], ... (KeyError where one is missing)."""
+    return [tensors[f"{prefix}.{i}"] for i in range(sum(k.startswith(f"{prefix}.") for k in tensors))]
 
 
 class RunFolder:

@@ -74,6 +74,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     opt.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 100)")
     opt.add_argument("--min-lr-fraction", type=float, help="cosine floor, fraction of --lr")
     opt.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    opt.add_argument(
+        "--ema-decay",
+        type=float,
+        help="validate and keep as best a moving average of the weights with this decay (default 0: off)",
+    )
     opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 5)")
     opt.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
     opt.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
@@ -335,7 +340,7 @@ def build_parser() -> Parser:
 TRAIN_FLAGS = (
     "data", "encoding", "val_fraction", "batching", "batch_size", "seq_length", "cell",
     "embedding_dim", "units", "layers", "dropout", "weight_drop", "lr", "lr_schedule", "warmup_steps",
-    "min_lr_fraction", "weight_decay", "grad_clip", "precision", "device", "seed", "out",
+    "min_lr_fraction", "weight_decay", "ema_decay", "grad_clip", "precision", "device", "seed", "out",
     "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps", "val_max_chars",
     "checkpoint_every_epochs", "checkpoint_every_steps", "keep_last", "on_nonfinite", "quiet",
 )  # fmt: skip

@@ -83,6 +83,9 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_fraction: float = 0.1
     weight_decay: float = 0.0
+    # Validation and best.safetensors use an exponential moving average of the weights with
+    # this decay (ema.py); 0 turns it off.
+    ema_decay: float = 0.0
     grad_clip: float = 5.0
     epochs: int | None = None  # None: enough epochs for AUTO_STEPS optimizer steps (train.py)
     max_steps: int | None = None
@@ -132,6 +135,8 @@ class TrainConfig:
             _require(value > 0, f"{name} must be positive, got {value!r}")
         _finite("weight_decay", self.weight_decay)
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _finite("ema_decay", self.ema_decay)
+        _require(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         _finite("min_lr_fraction", self.min_lr_fraction)
         _require(
             0.0 <= self.min_lr_fraction <= 1.0,

@@ -35,6 +35,7 @@ from .config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
 from .corpus import Corpus, load_corpus
 from .device import autocast, keep_freed_memory, resolve_precision
 from .distributed import Processes, process_group, run_folder
+from .ema import WeightAverage
 from .errors import CharRNNError, UsageError
 from .evaluate import EvalResult, evaluate
 from .model import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
@@ -224,6 +225,7 @@ class _Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.counters: dict[str, Any] = {
             "step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_val_loss": None,
             "bad_epochs": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0,
@@ -263,6 +265,7 @@ class _Trainer:
         )
         self.counters.update(trainer.counters)
         self.saved_step = self.counters["step"]
+        self._restore_average(trainer.averaged, folder)
         torch.set_rng_state(trainer.rng)
         hidden = self._resume_position(*saved_layout, trainer.hidden)
         if hidden and self.batches.stateful and self.counters["batch"] > 0:
@@ -274,6 +277,22 @@ class _Trainer:
         self.run.write_config(payload)
         log.info("resumed from %s (step %d, epoch %d)", folder.name, self.counters["step"],
                  self.counters["epoch"] + 1)  # fmt: skip
+
+    def _restore_average(self, averaged: list[torch.Tensor], folder: Path) -> None:
+        if self.average is None:
+            return
+        if not averaged:  # a run that did not average until now starts from its weights
+            self.average.load(list(self.model.parameters()))
+            return
+        try:
+            self.average.load(averaged)
+        except ValueError as error:
+            raise CharRNNError(f"averaged weights in {folder} do not fit: {error}") from None
+
+    @property
+    def evaluated_model(self) -> CharRNNModel:
+        """The weights that validation measures and best.safetensors keeps."""
+        return self.average.model if self.average is not None else self.model
 
     @property
     def global_batch(self) -> int:
@@ -311,6 +330,7 @@ class _Trainer:
             optimizer=self.optimizer.state_dict(),
             rng=torch.get_rng_state(),
             hidden=hidden,
+            averaged=self.average.tensors() if self.average is not None else [],
         )
         self.run.save_checkpoint(self.model, trainer, keep_last=self.config.keep_last)
         self.saved_step = self.counters["step"]
@@ -351,6 +371,8 @@ class _Trainer:
                 "is not finite; lower --lr or --grad-clip (no checkpoint was written from it)"
             )
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model, self.counters["step"] + 1)
         # The state's value carries into the next batch; its graph must not.
         self.state = detach_state(state) if self.batches.stateful else None
         return loss_value
@@ -359,7 +381,7 @@ class _Trainer:
         if len(self.val_ids) < 2:
             return None
         if not self.processes.is_distributed:
-            return evaluate(self.model, self.val_ids, dtype=self.dtype)
+            return evaluate(self.evaluated_model, self.val_ids, dtype=self.dtype)
         # Each rank reads one slice of the text (sharing one character with the next, so
         # that every character after the first is still predicted exactly once).
         rank, world = self.processes.rank, self.processes.world_size
@@ -367,7 +389,7 @@ class _Trainer:
         total, count = 0.0, 0
         if hi > lo:
             part = evaluate(
-                self.model, self.val_ids[lo : hi + 1], streams=max(16 // world, 1), dtype=self.dtype
+                self.evaluated_model, self.val_ids[lo : hi + 1], streams=max(16 // world, 1), dtype=self.dtype
             )
             total, count = part.loss * part.chars, part.chars
         total, count = self.processes.sum([total, count])
@@ -504,7 +526,7 @@ def _evaluate_and_keep_best(trainer: _Trainer, record, progress, epoch_end: bool
     best = counters["best_val_loss"]
     if math.isfinite(val.loss) and (best is None or val.loss < best):
         counters.update(best_val_loss=val.loss, bad_epochs=0)
-        trainer.run.save_best(trainer.model)
+        trainer.run.save_best(trainer.evaluated_model)
     elif epoch_end:
         counters["bad_epochs"] += 1
     if not epoch_end:
