@@ -208,8 +208,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The best text in about an hour on a 2-core CPU (README, Results): a wider LSTM than
     # the defaults (width helped where depth and longer training did not), with dropout
-    # strong enough for 11 epochs, a cosine decay over them, and validated and kept as the
-    # moving average of its weights (0.002 better at the end than the run's own weights).
+    # strong enough for 11 epochs, a cosine decay to zero over them, and validated and kept
+    # as the moving average of its weights (0.002 better at the end than its own weights).
     "quality": {
         "embedding_dim": 256,
         "units": 1024,
@@ -219,6 +219,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 3e-3,
         "lr_schedule": "cosine",
         "warmup_steps": 100,
+        "min_lr_fraction": 0.0,
         "epochs": 11,
         "ema_decay": 0.995,
     },
