@@ -27,7 +27,7 @@ from pathlib import Path
 
 ENCODE = """
 import json, sys, time, resource
-from char_rnn.corpus import load_corpus
+from char_rnn.data.corpus import load_corpus
 started = time.perf_counter()
 corpus = load_corpus(sys.argv[1])
 print(json.dumps({"seconds": time.perf_counter() - started, "chars": len(corpus),
@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
-    from char_rnn.corpus import read_text
+    from char_rnn.data.corpus import read_text
 
     seed_text, _ = read_text("shakespeare")
     work = Path(tempfile.mkdtemp(prefix="char-rnn-bench-"))

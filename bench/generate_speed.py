@@ -80,9 +80,9 @@ def speed(args: argparse.Namespace) -> None:
 def quality(run: str) -> None:
     """Loss on the run's validation text: the reference model, the fast engine's fp32 and int8."""
     from char_rnn import CharRNN
-    from char_rnn.corpus import read_text
-    from char_rnn.engine.fast import FastGenerator
+    from char_rnn.data.corpus import read_text
     from char_rnn.evaluate import evaluate
+    from char_rnn.generate.fast import FastGenerator
 
     model = CharRNN.load(run)
     train = model.run_config.get("train", {})

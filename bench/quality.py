@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from char_rnn.config import ModelConfig
-from char_rnn.model import CharRNNModel
+from char_rnn.model.network import CharRNNModel
 
 
 def char_rnn(*args: str) -> subprocess.CompletedProcess:

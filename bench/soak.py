@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from char_rnn.checkpoint import RunFolder, parse_trainer, read_tensors
-from char_rnn.corpus import shakespeare_path
+from char_rnn.data.corpus import shakespeare_path
+from char_rnn.run.checkpoint import parse_trainer
+from char_rnn.run.folder import RunFolder
+from char_rnn.run.storage import read_tensors
 
 FLAGS = ("--embedding-dim", "32", "--units", "128", "--batch-size", "16", "--seq-length", "64",
          "--epochs", "2", "--checkpoint-every-steps", "5", "--eval-every-steps", "25",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from char_rnn.benchmark import measure_training
 from char_rnn.config import ModelConfig, build_configs, with_vocab
 from char_rnn.device import resolve_precision
+from char_rnn.train.speed import measure_training
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO.parent / "shared" / "peers" / "tf_tutorial_peer.py"

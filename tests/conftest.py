@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from char_rnn.config import ModelConfig, TrainConfig
-from char_rnn.corpus import DATA_ENV, SHAKESPEARE_FILE
-from char_rnn.encoded import CACHE_ENV
+from char_rnn.data.corpus import DATA_ENV, SHAKESPEARE_FILE
+from char_rnn.data.encoded import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

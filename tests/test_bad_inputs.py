@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import TINY_FLAGS, run_cli
 
-from char_rnn.checkpoint import RunFolder
+from char_rnn.run.folder import RunFolder
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "char_rnn"
 
@@ -259,7 +259,7 @@ def test_torch_load_is_never_used_without_weights_only():
 
 
 def test_a_utf8_byte_order_mark_is_dropped_in_every_reader(tmp_path):
-    from char_rnn.corpus import load_corpus, read_text
+    from char_rnn.data.corpus import load_corpus, read_text
 
     path = tmp_path / "bom.txt"
     path.write_bytes(codecs.BOM_UTF8 + "café au lait\n".encode() * 20)
@@ -269,7 +269,7 @@ def test_a_utf8_byte_order_mark_is_dropped_in_every_reader(tmp_path):
 
 
 def test_an_invalid_byte_is_reported_at_its_offset_in_the_file(tmp_path):
-    from char_rnn.corpus import load_corpus, read_text
+    from char_rnn.data.corpus import load_corpus, read_text
     from char_rnn.errors import CharRNNError
 
     path = tmp_path / "bad.txt"

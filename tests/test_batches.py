@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from char_rnn.batches import ShuffledBatches, StatefulBatches
+from char_rnn.data.batches import ShuffledBatches, StatefulBatches
 from char_rnn.errors import CharRNNError
 
 

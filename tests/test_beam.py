@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import run_cli
 
-from char_rnn.beam import beam_search, continuation_log_prob
 from char_rnn.config import ModelConfig, SampleConfig
+from char_rnn.data.vocab import Vocab
 from char_rnn.errors import CharRNNError, UsageError
-from char_rnn.model import CharRNNModel
-from char_rnn.sample import generate
-from char_rnn.vocab import Vocab
+from char_rnn.generate.beam import beam_search, continuation_log_prob
+from char_rnn.generate.sampling import generate
+from char_rnn.model.network import CharRNNModel
 
 VOCAB = Vocab("abcdefgh \n")
 

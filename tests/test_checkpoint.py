@@ -3,10 +3,12 @@ import json
 import pytest
 import torch
 
-from char_rnn.checkpoint import RunFolder, TrainerState, load_weights, read_tensors, write_atomic
 from char_rnn.config import ModelConfig
 from char_rnn.errors import CharRNNError
-from char_rnn.model import CharRNNModel
+from char_rnn.model.network import CharRNNModel
+from char_rnn.run.checkpoint import TrainerState, load_weights
+from char_rnn.run.folder import RunFolder
+from char_rnn.run.storage import read_tensors, write_atomic
 
 
 def _trainer(step: int) -> TrainerState:
@@ -32,7 +34,7 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
 
 
 def test_checkpoint_round_trip_restores_optimizer_and_hidden_state(tmp_path):
-    from char_rnn.checkpoint import parse_trainer
+    from char_rnn.run.checkpoint import parse_trainer
 
     model, state = _trainer(3)
     folder = RunFolder(tmp_path).save_checkpoint(model, state)

@@ -1,8 +1,8 @@
 import pytest
 
-from char_rnn.checkpoint import sha256_file
-from char_rnn.corpus import SHAKESPEARE_SHA256, load_corpus, read_text, shakespeare_path
+from char_rnn.data.corpus import SHAKESPEARE_SHA256, load_corpus, read_text, shakespeare_path
 from char_rnn.errors import CharRNNError
+from char_rnn.run.storage import sha256_file
 
 
 def test_shakespeare_comes_from_the_local_folder_and_matches_the_tutorial(shakespeare_text):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import TINY_FLAGS, run_cli
 
-from char_rnn.batches import ShuffledBatches, StatefulBatches
-from char_rnn.checkpoint import RunFolder, parse_trainer
+from char_rnn.data.batches import ShuffledBatches, StatefulBatches
+from char_rnn.run.checkpoint import parse_trainer
+from char_rnn.run.folder import RunFolder
 
 
 def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:

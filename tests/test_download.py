@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import shakespeare_folder
 
-from char_rnn.corpus import DATA_ENV, SHAKESPEARE_FILE, SHAKESPEARE_SHA256, URL_ENV, shakespeare_path
+from char_rnn.data.corpus import DATA_ENV, SHAKESPEARE_FILE, SHAKESPEARE_SHA256, URL_ENV, shakespeare_path
 from char_rnn.errors import CharRNNError
 
 
@@ -103,7 +103,7 @@ def test_an_unreachable_source_says_how_to_use_a_local_copy(cache, monkeypatch):
 
 
 def test_two_processes_fetching_at_once_share_one_verified_file(cache, monkeypatch, genuine, tmp_path):
-    fetch = "from char_rnn.corpus import shakespeare_path; print(shakespeare_path())"
+    fetch = "from char_rnn.data.corpus import shakespeare_path; print(shakespeare_path())"
     with _Server(genuine, seconds=1.5) as server:  # slow enough for the two to overlap
         env = {**os.environ, URL_ENV: server.url}
         processes = [

@@ -5,11 +5,13 @@ import pytest
 import torch
 from conftest import run_cli, tiny_train_config
 
-from char_rnn.checkpoint import RunFolder, parse_trainer, read_tensors
 from char_rnn.config import ModelConfig, from_dict
-from char_rnn.ema import WeightAverage
-from char_rnn.model import CharRNNModel
-from char_rnn.train import train
+from char_rnn.model.network import CharRNNModel
+from char_rnn.run.checkpoint import parse_trainer
+from char_rnn.run.folder import RunFolder
+from char_rnn.run.storage import read_tensors
+from char_rnn.train.average import WeightAverage
+from char_rnn.train.loop import train
 
 
 def test_the_average_forgets_the_first_weights_then_decays_at_its_rate():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from char_rnn.config import ModelConfig
 from char_rnn.evaluate import evaluate, evaluate_windows
-from char_rnn.model import CharRNNModel
+from char_rnn.model.network import CharRNNModel
 
 
 @pytest.fixture

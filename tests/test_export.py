@@ -13,11 +13,13 @@ from conftest import TINY_MODEL, run_cli, tiny_train_config
 from test_server import shared_tiny_run
 
 from char_rnn import CharRNN, CharRNNError, train
-from char_rnn.checkpoint import MODEL_FILE, RunFolder, weights_bytes, write_atomic
 from char_rnn.config import to_dict
-from char_rnn.export import ONNX_FILE, OneStep, export
-from char_rnn.model import CharRNNModel, state_tensors
-from char_rnn.onnx_engine import OnnxEngine
+from char_rnn.model.network import CharRNNModel, state_tensors
+from char_rnn.onnx.engine import OnnxEngine
+from char_rnn.onnx.export import ONNX_FILE, OneStep, export
+from char_rnn.run.checkpoint import weights_bytes
+from char_rnn.run.folder import MODEL_FILE, RunFolder
+from char_rnn.run.storage import write_atomic
 
 
 def trained(folder: Path, text: str, **model_changes) -> Path:

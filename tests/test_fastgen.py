@@ -8,11 +8,17 @@ from conftest import run_cli
 
 from char_rnn import CharRNN
 from char_rnn.config import ModelConfig, SampleConfig
-from char_rnn.engine import engine_stream, fast
-from char_rnn.engine.fast import CHUNK, FastGenerator, FastLoop
-from char_rnn.model import CharRNNModel
-from char_rnn.sample import draw_by_inverse_cdf, filter_logits, generate, make_generator, sample_next
-from char_rnn.vocab import Vocab
+from char_rnn.data.vocab import Vocab
+from char_rnn.generate import engine_stream, fast
+from char_rnn.generate.fast import CHUNK, FastGenerator, FastLoop
+from char_rnn.generate.sampling import (
+    draw_by_inverse_cdf,
+    filter_logits,
+    generate,
+    make_generator,
+    sample_next,
+)
+from char_rnn.model.network import CharRNNModel
 
 VOCAB = Vocab("abcdefghij \n")
 

@@ -23,9 +23,11 @@ import pytest
 import torch
 from conftest import TINY_FLAGS, TINY_MODEL, run_cli, tiny_train_config
 
-from char_rnn.checkpoint import RunFolder, parse_trainer, read_tensors
 from char_rnn.errors import CharRNNError
-from char_rnn.train import train
+from char_rnn.run.checkpoint import parse_trainer
+from char_rnn.run.folder import RunFolder
+from char_rnn.run.storage import read_tensors
+from char_rnn.train.loop import train
 
 # Two epochs of about 28 steps each, a checkpoint every two steps, validation every 10:
 # every kind of write (checkpoint, model.safetensors, best.safetensors, pruning) is frequent.

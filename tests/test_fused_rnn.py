@@ -9,10 +9,11 @@ from conftest import run_cli, tiny_train_config
 from torch import nn
 
 from char_rnn import fused_rnn, native
-from char_rnn.checkpoint import load_weights, weights_bytes, write_atomic
 from char_rnn.config import ModelConfig
-from char_rnn.model import CharRNNModel
-from char_rnn.train import train
+from char_rnn.model.network import CharRNNModel
+from char_rnn.run.checkpoint import load_weights, weights_bytes
+from char_rnn.run.storage import write_atomic
+from char_rnn.train.loop import train
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 

@@ -20,7 +20,7 @@ from test_server import shared_tiny_run
 
 from char_rnn.cli import build_parser, main
 from char_rnn.config import ModelConfig, from_dict
-from char_rnn.model import CharRNNModel
+from char_rnn.model.network import CharRNNModel
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from char_rnn.batches import ShuffledBatches, StatefulBatches
-from char_rnn.corpus import load_corpus, read_text, text_sha256
-from char_rnn.encoded import CACHE_ENV, cache_folder, encode_files
+from char_rnn.data.batches import ShuffledBatches, StatefulBatches
+from char_rnn.data.corpus import load_corpus, read_text, text_sha256
+from char_rnn.data.encoded import CACHE_ENV, cache_folder, encode_files
+from char_rnn.data.vocab import Vocab
 from char_rnn.errors import CharRNNError
-from char_rnn.vocab import Vocab
 
 # Multi-byte characters of every UTF-8 length, so that small chunks split them.
 MIXED = "naïve café — “quoted” 東京 😀 end\n"

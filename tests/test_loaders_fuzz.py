@@ -14,18 +14,12 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from char_rnn.checkpoint import (
-    RunFolder,
-    TrainerState,
-    load_weights,
-    parse_trainer,
-    read_tensors,
-    trainer_bytes,
-    weights_bytes,
-)
 from char_rnn.config import ModelConfig
 from char_rnn.errors import CharRNNError
-from char_rnn.model import CharRNNModel
+from char_rnn.model.network import CharRNNModel
+from char_rnn.run.checkpoint import TrainerState, load_weights, parse_trainer, trainer_bytes, weights_bytes
+from char_rnn.run.folder import RunFolder
+from char_rnn.run.storage import read_tensors
 
 FUZZ = settings(
     max_examples=60,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from char_rnn.config import ModelConfig, build_configs, with_vocab
-from char_rnn.model import CharRNNModel
+from char_rnn.model.network import CharRNNModel
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])

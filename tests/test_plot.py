@@ -11,7 +11,7 @@ from conftest import TINY_MODEL, run_cli, tiny_train_config
 from test_server import shared_tiny_run
 
 from char_rnn import CharRNNError, train
-from char_rnn.plot import CURVES_FILE, curves, plot_run, time_unit
+from char_rnn.run.curves import CURVES_FILE, curves, plot_run, time_unit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

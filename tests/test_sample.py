@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from char_rnn.sample import sample_next
+from char_rnn.generate.sampling import sample_next
 
 
 def test_temperature_zero_is_argmax():

@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY_MODEL, run_cli, tiny_train_config
 
 from char_rnn import CharRNN, train
-from char_rnn.server import ServerConfig, allowed_host_headers, is_loopback
+from char_rnn.serve.server import ServerConfig, allowed_host_headers, is_loopback
 
 
 def shared_tiny_run(tmp_path_factory, text: str) -> Path:

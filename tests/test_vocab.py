@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from char_rnn.data.vocab import Vocab
 from char_rnn.errors import CharRNNError
-from char_rnn.vocab import Vocab
 
 
 def test_vocabulary_is_the_sorted_set_of_characters():

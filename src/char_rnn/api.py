@@ -15,18 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from .beam import BeamResult, beam_search
-from .checkpoint import RunFolder, load_weights
-from .config import ModelConfig, SampleConfig, build_configs, from_dict
-from .corpus import read_text
+from .config import ModelConfig, SampleConfig, build_configs
+from .data.corpus import read_text
+from .data.vocab import Vocab
 from .device import resolve_device
-from .engine import DEFAULT_ENGINE, engine_stream
 from .errors import CharRNNError
 from .evaluate import EvalResult, evaluate, evaluate_windows
-from .model import CharRNNModel
-from .sample import generate
-from .train import TrainResult, resume_configs, train
-from .vocab import Vocab
+from .generate import DEFAULT_ENGINE, engine_stream
+from .generate.beam import BeamResult, beam_search
+from .generate.sampling import generate
+from .model.network import CharRNNModel
+from .run.checkpoint import load_weights
+from .run.folder import RunFolder
+from .train.loop import TrainResult, resume_configs, train
 
 
 class CharRNN:
@@ -56,21 +57,11 @@ class CharRNN:
         on the CPU; `engine="reference"` calls the model once per character."""
         engine_stream(engine)  # an unknown engine fails before the weights load
         folder = RunFolder(run)
-        saved = folder.read_config()
-        vocab = Vocab.from_json(saved["vocab"])
-        try:
-            config = from_dict(ModelConfig, saved["model"])
-        except (TypeError, ValueError) as error:
-            raise CharRNNError(f"{folder.config_path} has an invalid model config: {error}") from None
-        if config.vocab_size != len(vocab):
-            raise CharRNNError(
-                f"{folder.config_path}: vocab_size {config.vocab_size} does not match the "
-                f"{len(vocab)}-character vocabulary"
-            )
-        model = CharRNNModel(config)
+        saved = folder.open()
+        model = CharRNNModel(saved.model)
         load_weights(model, folder.weights_path(which))
         model.to(resolve_device(device)).eval()
-        return cls(model, vocab, saved, engine)
+        return cls(model, saved.vocab, saved.payload, engine)
 
     @classmethod
     def train(cls, preset: str | None = None, **options: Any) -> CharRNN:

@@ -348,7 +348,7 @@ TRAIN_FLAGS = (
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train_run
-    from .distributed import launched_rank
+    from .train.distributed import launched_rank
 
     follower = launched_rank() > 0  # under torchrun, rank 0 speaks for every process
     if follower:
@@ -406,7 +406,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _load_engine(args: argparse.Namespace):
     """The run's model for generation: a CharRNN, or its ONNX export in onnxruntime."""
     if args.engine == "onnx":
-        from .onnx_engine import OnnxEngine
+        from .onnx.engine import OnnxEngine
 
         if args.device != "cpu":
             raise UsageError("--engine onnx runs on the CPU; drop --device")
@@ -418,7 +418,7 @@ def _load_engine(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import ServerConfig, is_loopback, serve
+    from .serve.server import ServerConfig, is_loopback, serve
 
     config = ServerConfig(
         host=args.host, port=args.port, allowed_hosts=tuple(args.allow_host),
@@ -443,7 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .onnx.export import export
 
     path = export(args.run, format=args.format, which=args.checkpoint, out=args.out)
     print(f"wrote {path}")
@@ -451,14 +451,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_run
+    from .run.curves import plot_run
 
     print(f"wrote {plot_run(args.run, args.out)}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .info import describe_run
+    from .run.info import describe_run
 
     info = describe_run(args.run)
     if args.json:
@@ -504,8 +504,8 @@ def _set_threads(threads: int | None, streams: int) -> None:
 
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
-    from .engine.speed import measure_generation, tutorial_model
-    from .vocab import Vocab
+    from .data.vocab import Vocab
+    from .generate.speed import measure_generation, tutorial_model
 
     if args.batch_size < 1 or args.length < 1:
         raise UsageError("--batch-size and --length must be positive")
@@ -526,9 +526,9 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from .benchmark import measure_training
     from .config import build_configs, with_vocab
     from .device import resolve_precision
+    from .train.speed import measure_training
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be positive and --warmup non-negative")
@@ -554,7 +554,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import CharRNN
-    from .corpus import read_text
+    from .data.corpus import read_text
 
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
     data = args.data or _run_corpus(model.run_config)

@@ -1,5 +1,8 @@
 """Loss of a model on a text: nats and bits per character, perplexity.
 
+`evaluate_corpus` reads one split of a corpus (data/corpus.py) through its memory map,
+as training does; `evaluate` and `evaluate_windows` take any ids that slice like an array.
+
 The text is read with the state carried from character to character. To use the
 whole batch width of the hardware, it is cut into S contiguous streams that are
 read side by side; only the first few characters of each stream lack context, and
@@ -16,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.corpus import Corpus
 from .device import autocast
-from .model import CharRNNModel
+from .errors import CharRNNError, UsageError
+from .model.network import CharRNNModel
 
 
 @dataclass(frozen=True)
@@ -131,3 +136,67 @@ def evaluate_windows(
     model.train(was_training)
     chars = n_windows * window
     return EvalResult(loss=total / chars, chars=chars)
+
+
+@dataclass(frozen=True)
+class CorpusEval:
+    """A model's loss on one split of a corpus: with the state carried through the whole
+    text and, when a window was asked for, over independent windows of that size."""
+
+    source: str
+    split: str
+    carried: EvalResult
+    window: int = 0
+    windows: EvalResult | None = None
+
+    @property
+    def what(self) -> str:
+        return f"{self.split} text of {self.source}"
+
+    @property
+    def loss(self) -> float:
+        return self.carried.loss
+
+    @property
+    def bpc(self) -> float:
+        return self.carried.bpc
+
+    @property
+    def perplexity(self) -> float:
+        return self.carried.perplexity
+
+    @property
+    def chars(self) -> int:
+        return self.carried.chars
+
+    def as_dict(self) -> dict[str, float | int]:
+        figures = self.carried.as_dict()
+        if self.windows is not None:
+            figures[f"window_{self.window}_loss"] = self.windows.loss
+        return figures
+
+
+def evaluate_corpus(
+    model: CharRNNModel,
+    corpus: Corpus,
+    *,
+    split: str,
+    val_fraction: float,
+    window: int = 0,
+    streams: int = 16,
+) -> CorpusEval:
+    """The loss on `corpus.part(split, val_fraction)`, the same split training makes; also
+    over independent windows of `window` characters unless it is 0."""
+    if window < 0:
+        raise UsageError(f"window must be a positive number of characters (0: none), got {window}")
+    ids = corpus.part(split, val_fraction)
+    what = f"{split} text of {corpus.source}"
+    if len(ids) < 2:
+        raise CharRNNError(f"{what} needs at least two characters")
+    carried = evaluate(model, ids, streams=streams)
+    windows = None
+    if window:
+        if len(ids) <= window:
+            raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
+        windows = evaluate_windows(model, ids, window=window)
+    return CorpusEval(corpus.source, split, carried, window, windows)

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .config import SampleConfig
-from .model import CharRNNModel
-from .vocab import Vocab
+from ..config import SampleConfig
+from ..data.vocab import Vocab
+from ..model.network import CharRNNModel
 
 
 def filter_logits(

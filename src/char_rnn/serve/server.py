@@ -37,7 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from .errors import CharRNNError, UsageError
+from ..errors import CharRNNError, UsageError
 
 # Characters pulled per trip to the worker thread: small enough for text to appear as it is
 # made, large enough that a fast model is not slowed by the hand-offs.
@@ -240,7 +240,7 @@ def create_app(engine: Any, config: ServerConfig, port: int, *, description: str
 
     `port` is the port actually listened on, which the Host check needs."""
     GenerateRequest = _request_model(config)
-    static = resources.files("char_rnn") / "static"
+    static = resources.files("char_rnn.serve") / "static"
     page = (static / "index.html").read_text(encoding="utf-8")
     script = (static / "app.js").read_text(encoding="utf-8")
     style = (static / "style.css").read_text(encoding="utf-8")

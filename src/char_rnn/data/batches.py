@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import CharRNNError
+from ..errors import CharRNNError
 
 
 def _too_short(n_chars: int, need: int, how: str) -> CharRNNError:

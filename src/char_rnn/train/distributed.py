@@ -10,7 +10,7 @@ CPU, NCCL on CUDA, one GPU per process) and:
 - DistributedDataParallel averages the gradients, so the weights stay identical;
 - each step's loss is averaged and every stop decision (a signal, --max-time) is
   agreed by all ranks in the same step, so that no rank waits alone in a collective;
-- only rank 0 writes the run folder (config, metrics, checkpoints, best weights);
+- only rank 0 writes the run folder (the others open it read-only);
   a checkpoint gathers every rank's hidden state first, in global stream order.
 """
 
@@ -21,13 +21,11 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .checkpoint import RunFolder
-from .device import resolve_device
+from ..device import resolve_device
 
 log = logging.getLogger("char_rnn")
 
@@ -118,36 +116,6 @@ class Processes:
         yield
         if self.is_main:
             self.barrier()
-
-
-class FollowerRunFolder(RunFolder):
-    """The run folder as a rank other than 0 sees it: read, never written. Rank 0 writes
-    every file; a second writer would race it for the same names."""
-
-    def prepare_new(self) -> None:
-        pass
-
-    def write_config(self, payload: dict[str, Any]) -> None:
-        pass
-
-    def save_checkpoint(self, model, trainer, keep_last: int = 3):
-        return None
-
-    def save_best(self, model) -> None:
-        pass
-
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        pass
-
-    def prune(self, keep_last: int) -> None:
-        pass
-
-    def clean_after_crash(self, newest, keep_last: int) -> None:
-        pass
-
-
-def run_folder(processes: Processes, path: str) -> RunFolder:
-    return RunFolder(path) if processes.is_main else FollowerRunFolder(path)
 
 
 @contextlib.contextmanager

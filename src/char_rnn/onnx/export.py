@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import RunFolder, sha256_file, write_atomic
-from .errors import CharRNNError, UsageError
-from .model import CharRNNModel, state_from_tensors, state_tensors
+from ..errors import CharRNNError, UsageError
+from ..model.network import CharRNNModel, state_from_tensors, state_tensors
+from ..run.folder import ONNX_FILE, RunFolder
+from ..run.storage import sha256_file, write_atomic
 
 FORMATS = ("onnx",)
-ONNX_FILE = "model.onnx"
 OPSET = 17
 WEIGHTS_SHA256_KEY = "char_rnn.weights_sha256"
 CHECKPOINT_KEY = "char_rnn.checkpoint"
@@ -51,7 +51,7 @@ def export_onnx(
     """Write the run's weights (`which`: latest or best) as an ONNX one-step model; return its path."""
     import onnx
 
-    from .api import CharRNN
+    from ..api import CharRNN
 
     folder = RunFolder(run)
     weights = folder.weights_path(which)

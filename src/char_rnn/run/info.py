@@ -10,10 +10,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .checkpoint import BEST_FILE, MODEL_FILE, RunFolder
-from .errors import CharRNNError
-from .export import ONNX_FILE
-from .plot import CURVES_FILE
+from ..errors import CharRNNError
+from .folder import BEST_FILE, CURVES_FILE, MODEL_FILE, ONNX_FILE, RunFolder
 
 PREVIEW_CHARS = 40
 

@@ -28,17 +28,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .batches import batches_per_epoch, fit_batch_size, make_batches
-from .checkpoint import RunFolder, TrainerState, load_weights, parse_trainer
-from .config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
-from .corpus import Corpus, load_corpus
-from .device import autocast, keep_freed_memory, resolve_precision
-from .distributed import Processes, process_group, run_folder
-from .ema import WeightAverage
-from .errors import CharRNNError, UsageError
-from .evaluate import EvalResult, evaluate
-from .model import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
+from .. import __version__
+from ..config import ModelConfig, TrainConfig, from_dict, to_dict, with_vocab
+from ..data.batches import batches_per_epoch, fit_batch_size, make_batches
+from ..data.corpus import Corpus, load_corpus
+from ..device import autocast, keep_freed_memory, resolve_precision
+from ..errors import CharRNNError, UsageError
+from ..evaluate import EvalResult, evaluate
+from ..model.network import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
+from ..run.checkpoint import TrainerState, load_weights, parse_trainer
+from ..run.folder import RunFolder
+from .average import WeightAverage
+from .distributed import Processes, process_group
 
 log = logging.getLogger("char_rnn")
 
@@ -199,7 +200,7 @@ class _Trainer:
     def __init__(self, model_config: ModelConfig, config: TrainConfig, processes: Processes):
         self.config = config
         self.processes = processes
-        self.run = run_folder(processes, config.out)
+        self.run = RunFolder(config.out, writable=processes.is_main)
         saved = self.run.read_config() if config.resume else None
         if not config.resume:
             self.run.prepare_new()
@@ -246,13 +247,13 @@ class _Trainer:
         return min(planned, self.config.max_steps) if self.config.max_steps else planned
 
     def _restore(self) -> None:
-        folder = next(self.run.complete_checkpoints(), None)
-        self.run.clean_after_crash(folder, self.config.keep_last)
+        folder = self.run.clean_after_crash(self.config.keep_last)
         if folder is None and not self.run.has_committed_checkpoint():
             # Killed before its first checkpoint: the seed makes starting over exact.
             log.info("no checkpoint was committed yet; starting %s from step 0", self.run.path)
             return
-        folder = self.run.latest_checkpoint()
+        if folder is None:
+            raise CharRNNError(f"{self.run.path} holds no complete checkpoint to resume from")
         load_weights(self.model, folder / "model.safetensors")
         trainer = parse_trainer(folder / "trainer.safetensors")
         try:
@@ -509,7 +510,7 @@ def _train(model_config: ModelConfig, config: TrainConfig, processes: Processes)
 def _draw_curves(run: RunFolder) -> None:
     """RUN/curves.png: a picture that cannot be drawn never fails the training it shows."""
     try:
-        from .plot import plot_run
+        from ..run.curves import plot_run
 
         plot_run(run.path)
     except Exception as error:  # matplotlib missing or broken, a full disk, ...

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..config import PRESETS, ModelConfig, SampleConfig
-from ..model import CharRNNModel
-from ..vocab import Vocab
+from ..data.vocab import Vocab
+from ..model.network import CharRNNModel
 from . import DEFAULT_ENGINE, engine_stream
 from .fast import CHUNK
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
-from .device import autocast, keep_freed_memory
-from .model import CharRNNModel
+from ..config import ModelConfig
+from ..device import autocast, keep_freed_memory
+from ..model.network import CharRNNModel
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 

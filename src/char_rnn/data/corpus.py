@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import sha256_file
+from ..errors import CharRNNError, UsageError
+from ..run.storage import sha256_file
 from .encoded import binary_error, encode_files, looks_binary, undecodable_error
-from .errors import CharRNNError, UsageError
 from .vocab import Vocab
 
 SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import write_atomic_with
-from .errors import CharRNNError, UsageError
+from ..errors import CharRNNError, UsageError
+from ..run.storage import write_atomic_with
 from .vocab import Vocab
 
 CACHE_ENV = "CHAR_RNN_CACHE"

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .model import CharRNNModel, State
-from .vocab import Vocab
+from ..data.vocab import Vocab
+from ..errors import UsageError
+from ..model.network import CharRNNModel, State
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from ..config import SampleConfig
+from ..data.vocab import Vocab
 from ..errors import UsageError
-from ..model import CharRNNModel
-from ..sample import stream as reference_stream
-from ..vocab import Vocab
+from ..model.network import CharRNNModel
 from . import fast
+from .sampling import stream as reference_stream
 
 StreamFn = Callable[[CharRNNModel, Vocab, SampleConfig], Iterator[list[str]]]
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import RunFolder, write_atomic
-from .errors import CharRNNError
-
-CURVES_FILE = "curves.png"
+from ..errors import CharRNNError
+from .folder import CURVES_FILE, RunFolder
+from .storage import write_atomic
 
 
 @dataclass

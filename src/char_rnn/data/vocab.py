@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import CharRNNError
+from ..errors import CharRNNError
 
 
 def describe_char(ch: str) -> str:

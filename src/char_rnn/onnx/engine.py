@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import RunFolder, sha256_file
-from .config import ModelConfig, SampleConfig, from_dict
-from .errors import CharRNNError
-from .export import CHECKPOINT_KEY, ONNX_FILE, WEIGHTS_SHA256_KEY, state_names
-from .sample import make_generator, sample_next
-from .vocab import Vocab
+from ..config import ModelConfig, SampleConfig
+from ..data.vocab import Vocab
+from ..errors import CharRNNError
+from ..generate.sampling import make_generator, sample_next
+from ..run.folder import ONNX_FILE, RunFolder
+from ..run.storage import sha256_file
+from .export import CHECKPOINT_KEY, WEIGHTS_SHA256_KEY, state_names
 
 
 class OnnxEngine:
@@ -38,7 +39,7 @@ class OnnxEngine:
         import onnxruntime
 
         folder = RunFolder(run)
-        saved = folder.read_config()
+        saved = folder.open()
         path = Path(path) if path is not None else folder.path / ONNX_FILE
         if not path.is_file():
             raise CharRNNError(
@@ -58,7 +59,7 @@ class OnnxEngine:
                 f"{path} was exported from other weights (checkpoint {exported}) than {weights}; "
                 f"export again: char-rnn export {folder.path} --checkpoint {which}"
             )
-        return cls(session, Vocab.from_json(saved["vocab"]), from_dict(ModelConfig, saved["model"]))
+        return cls(session, saved.vocab, saved.model)
 
     def initial_state(self, batch_size: int) -> list[np.ndarray]:
         shape = (self.config.layers, batch_size, self.config.units)

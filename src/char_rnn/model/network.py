@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..config import ModelConfig
 from . import fused_rnn
-from .config import ModelConfig
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 

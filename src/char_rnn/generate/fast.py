@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import SampleConfig
+from ..data.vocab import Vocab
 from ..errors import UsageError
 from ..evaluate import EvalResult, whole_streams
-from ..model import CharRNNModel, state_tensors
-from ..sample import draw_by_inverse_cdf, filter_logits, make_generator
-from ..vocab import Vocab
+from ..model.network import CharRNNModel, state_tensors
+from .sampling import draw_by_inverse_cdf, filter_logits, make_generator
 
 WEIGHTS = ("auto", "int8", "fp32")
 CHUNK = 64  # steps per call: long enough to hide the call, short enough to stream smoothly

@@ -1,0 +1,1 @@
+"""Text in, ids out: reading files, the vocabulary, the encoded corpus, training batches."""

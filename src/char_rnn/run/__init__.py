@@ -1,0 +1,1 @@
+"""The run folder: every file a run writes, and opening a run to use it."""
