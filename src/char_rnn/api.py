@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig, SampleConfig, build_configs
+from .config import ModelConfig, SampleConfig
 from .data.corpus import read_text
 from .data.vocab import Vocab
 from .device import resolve_device
@@ -27,7 +27,8 @@ from .generate.sampling import generate
 from .model.network import CharRNNModel
 from .run.checkpoint import load_weights
 from .run.folder import RunFolder
-from .train.loop import TrainResult, resume_configs, train
+from .train.loop import TrainResult, run_plan
+from .train.plan import plan_training
 
 
 class CharRNN:
@@ -106,17 +107,8 @@ class CharRNN:
 
 
 def train_run(preset: str | None = None, **options: Any) -> TrainResult:
-    """Build the configs from keyword options (None = not given) and train.
+    """Train with keyword options (the CLI's flag names; None = not given).
 
-    With `resume=True`, the run folder's saved configs are the base instead of the
-    defaults, and only training options may change."""
-    if options.get("resume"):
-        out = options.get("out")
-        if not out:
-            raise CharRNNError("resume needs the run folder (out)")
-        model_config, train_config = resume_configs(
-            out, **{k: v for k, v in options.items() if k not in ("out", "resume")}
-        )
-        return train(model_config, train_config)
-    model_config, train_config = build_configs(preset, **options)
-    return train(model_config, train_config)
+    With `resume=True` the run folder's saved configs are the base, a folder with nothing
+    saved yet starts a new run, and a finished run is left as it is (train/plan.py)."""
+    return run_plan(plan_training(preset, **options))

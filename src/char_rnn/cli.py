@@ -354,10 +354,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if follower:
         logging.getLogger("char_rnn").setLevel(logging.WARNING)
     options = {name: getattr(args, name) for name in TRAIN_FLAGS}
-    if args.resume and args.preset:
-        raise UsageError("--preset cannot be combined with --resume: the run keeps its config")
     result = train_run(preset=args.preset, **options)
     summary = f"run {result.run}: step {result.step}, stopped by {result.stopped}"
+    if result.already_complete:
+        summary = (f"run {result.run} is complete: step {result.step}, stopped by {result.stopped}; "
+                   "nothing to do")  # fmt: skip
     if result.val is not None:
         summary += f", validation loss {result.val.loss:.4f} ({result.val.bpc:.3f} bpc)"
     if not follower:
