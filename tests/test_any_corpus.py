@@ -11,7 +11,7 @@ from conftest import run_cli
 from char_rnn.config import TrainConfig
 from char_rnn.data.batches import MIN_BATCHES_PER_EPOCH, batches_per_epoch
 from char_rnn.run.folder import RunFolder
-from char_rnn.train.loop import AUTO_STEPS, LONG_EPOCH_EVERY, fit_to_text
+from char_rnn.train.plan import AUTO_STEPS, LONG_EPOCH_EVERY, fit_to_text
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_03cfdf5cc280cd57.txt"
 

@@ -42,10 +42,10 @@ def corpus(tmp_path, shakespeare_text) -> Path:
     return path
 
 
-def _train_command(corpus: Path, out: Path) -> list[str]:
-    resume = ["--resume"] if (out / "config.json").exists() else []
+def _train_command(corpus: Path, out: Path, *extra: str) -> list[str]:
+    """The one command a preemptible machine runs again and again until it succeeds."""
     return [sys.executable, "-m", "char_rnn", "train", "--data", str(corpus), "--out", str(out), *FLAGS,
-            *resume]  # fmt: skip
+            "--resume", *extra]  # fmt: skip
 
 
 def _assert_newest_checkpoint_loads(out: Path) -> int:
@@ -97,14 +97,19 @@ def _run_with_kills(corpus: Path, out: Path, rng: random.Random, kills: int) -> 
         last_step = step
 
 
-def _trial(tmp_path: Path, corpus: Path, reference: Path, seed: int, kills: int) -> None:
-    out = tmp_path / f"killed-{seed}"
-    _run_with_kills(corpus, out, random.Random(seed), kills)
+def _assert_same_run(out: Path, reference: Path) -> None:
     for name in ("model.safetensors", "best.safetensors"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     names = [p.name for p in RunFolder(out).complete_checkpoints()]
     assert names == [p.name for p in RunFolder(reference).complete_checkpoints()]
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".pruned-*"))
+    assert (out / "curves.png").is_file()
+
+
+def _trial(tmp_path: Path, corpus: Path, reference: Path, seed: int, kills: int) -> None:
+    out = tmp_path / f"killed-{seed}"
+    _run_with_kills(corpus, out, random.Random(seed), kills)
+    _assert_same_run(out, reference)
 
 
 def _reference(tmp_path: Path, corpus: Path) -> Path:
@@ -118,6 +123,77 @@ def test_killed_and_resumed_training_ends_bit_identical(tmp_path, corpus):
     reference = _reference(tmp_path, corpus)
     for seed in range(int(os.environ.get("CHAR_RNN_FAULT_TRIALS", "2"))):
         _trial(tmp_path, corpus, reference, seed, kills=3)
+
+
+def _kill_when(command: list[str], ready) -> bool:
+    """Start `command` and SIGKILL it as soon as `ready()` holds; False if it finished first."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ready() and process.poll() is None:
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.001)
+    killed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return killed
+
+
+def _finish(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_killed_before_config_json_exists_the_same_command_starts_over(tmp_path, corpus):
+    reference = _reference(tmp_path, corpus)
+    # The folder does not exist yet, or exists with nothing in it (a kill right after it
+    # was made), or a kill comes as soon as it appears: each time the same command works.
+    _finish(_train_command(corpus, tmp_path / "never-started"))
+    _assert_same_run(tmp_path / "never-started", reference)
+    (tmp_path / "empty").mkdir()
+    _finish(_train_command(corpus, tmp_path / "empty"))
+    _assert_same_run(tmp_path / "empty", reference)
+    out = tmp_path / "killed-at-once"
+    _kill_when(_train_command(corpus, out), out.exists)
+    _finish(_train_command(corpus, out))
+    _assert_same_run(out, reference)
+
+
+def test_killed_after_the_final_checkpoint_the_same_command_changes_nothing(tmp_path, corpus):
+    reference = _reference(tmp_path, corpus)
+    final = max(RunFolder(reference).complete_checkpoints()).name
+    out = tmp_path / "killed-at-the-end"
+    _kill_when(_train_command(corpus, out), lambda: (out / "checkpoints" / final / "manifest.json").exists())
+    done = _finish(_train_command(corpus, out))
+    assert "is complete" in done.stdout
+    _assert_same_run(out, reference)
+    # A finished run, resumed again: it says so, and no file changes.
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    again = _finish(_train_command(corpus, out))
+    assert (
+        f"step {parse_trainer(out / 'checkpoints' / final / 'trainer.safetensors').counters['step']}"
+        in again.stdout
+    )
+    assert "is complete" in again.stdout and "nothing to do" in again.stdout
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_time_limited_run_killed_and_resumed_never_raises_its_learning_rate(tmp_path, corpus):
+    out = tmp_path / "timed"
+    command = [sys.executable, "-m", "char_rnn", "train", "--data", str(corpus), "--out", str(out),
+               *TINY_FLAGS, "--epochs", "1000", "--max-time", "6", "--lr-schedule", "cosine",
+               "--warmup-steps", "5", "--log-every", "1", "--checkpoint-every-steps", "5", "--quiet",
+               "--resume"]  # fmt: skip
+    checkpoints = out / "checkpoints"
+    assert _kill_when(command, lambda: len(list(checkpoints.glob("step-*/manifest.json"))) >= 2)
+    _finish(command)
+    records = [m for m in RunFolder(out).read_metrics() if m["kind"] == "train"]
+    rates = [m["lr"] for m in records if m["step"] > 5]
+    assert len(rates) > 10
+    assert all(b <= a for a, b in zip(rates, rates[1:], strict=False)), "the learning rate rose"
+    assert rates[-1] < 0.5 * rates[0]  # the cosine went on decaying after the resume
+    stop = [m for m in RunFolder(out).read_metrics() if m["kind"] == "stop"][-1]
+    assert stop["reason"] == "max_time" and stop["time"] < 6 + 5  # the budget counts across the resume
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ from conftest import TINY_MODEL, tiny_train_config
 from char_rnn.config import ModelConfig
 from char_rnn.errors import CharRNNError
 from char_rnn.run.folder import RunFolder
-from char_rnn.train.loop import learning_rate, train
+from char_rnn.train import train
+from char_rnn.train.schedule import learning_rate
 
 
 def test_loss_falls_and_every_figure_is_logged(small_corpus, tmp_path):
