@@ -230,15 +230,17 @@ def field_names(config_type: type) -> set[str]:
     return {f.name for f in fields(config_type)}
 
 
+def preset_values(preset: str | None) -> dict[str, Any]:
+    """The field values a preset sets (none for None)."""
+    if preset is None:
+        return {}
+    _require(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[preset])
+
+
 def build_configs(preset: str | None = None, **overrides: Any) -> tuple[ModelConfig, TrainConfig]:
     """Defaults, then the preset, then explicit overrides (None means "not given")."""
-    values: dict[str, Any] = {}
-    if preset is not None:
-        _require(
-            preset in PRESETS,
-            f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}",
-        )
-        values.update(PRESETS[preset])
+    values = preset_values(preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     model_keys, train_keys = field_names(ModelConfig), field_names(TrainConfig)
     unknown = set(values) - model_keys - train_keys

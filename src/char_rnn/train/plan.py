@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import PRESETS, ModelConfig, TrainConfig, build_configs, field_names, from_dict, to_dict
+from ..config import ModelConfig, TrainConfig, build_configs, field_names, from_dict, preset_values, to_dict
 from ..data.batches import batches_per_epoch, fit_batch_size
 from ..data.corpus import Corpus
 from ..errors import CharRNNError, UsageError
@@ -44,8 +44,8 @@ def plan_training(preset: str | None = None, **options: Any) -> Plan:
         out = options.get("out") or TrainConfig.out
         saved = saved_run(RunFolder(out))
         if saved is not None:
-            given = {**(PRESETS.get(preset, {}) if preset else {}), **options}
-            model, train = resumed_configs(saved, **given)
+            given = {k: v for k, v in options.items() if v is not None}
+            model, train = resumed_configs(saved, **{**preset_values(preset), **given})
             return Plan(model, train, saved)
     model, train = build_configs(preset, **options)
     return plan_for(model, train)
