@@ -78,23 +78,22 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def quality(run: str) -> None:
-    """Loss on the run's validation text: the reference model, the fast engine's fp32 and int8."""
+    """Loss on the run's validation text: the reference model, the fast engine's fp32 and int8 steps."""
     from char_rnn import CharRNN
-    from char_rnn.data.corpus import read_text
-    from char_rnn.evaluate import evaluate
+    from char_rnn.data.corpus import load_corpus
+    from char_rnn.evaluate import evaluate, evaluate_steps
     from char_rnn.generate.fast import FastGenerator
 
     model = CharRNN.load(run)
     train = model.run_config.get("train", {})
     source = model.run_config.get("corpus", {}).get("source") or train.get("data", "shakespeare")
-    text, _ = read_text(source, train.get("encoding", "utf-8"))
-    val = text[len(text) - int(len(text) * float(train.get("val_fraction", 0.1))) :]
-    ids = model.encode_text(val, "the validation text")
+    corpus = load_corpus(source, train.get("encoding", "utf-8"), vocab=model.vocab)
+    _, ids = corpus.split(float(train.get("val_fraction", 0.1)))
     reference = evaluate(model.model, ids).loss
-    print(f"{run}: {model.config}, validation text {len(val):,} characters")
+    print(f"{run}: {model.config}, validation text {len(ids):,} characters")
     print(f"  reference model.forward fp32  loss {reference:.5f}")
     for weights in ("fp32", "int8"):
-        loss = FastGenerator(model.model, weights).loss(ids).loss
+        loss = evaluate_steps(FastGenerator(model.model, weights).step, ids).loss
         print(f"  fast engine {weights:4}              loss {loss:.5f}  "
               f"({(loss - reference) / reference:+.3%} of the reference)")  # fmt: skip
 

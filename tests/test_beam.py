@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_cli
 
 from char_rnn.config import ModelConfig, SampleConfig
 from char_rnn.data.vocab import Vocab
 from char_rnn.errors import CharRNNError, UsageError
-from char_rnn.generate.beam import beam_search, continuation_log_prob
-from char_rnn.generate.sampling import generate
+from char_rnn.generate import generate_texts
+from char_rnn.generate.beam import beam_search
+from char_rnn.generate.reference import ReferenceEngine
 from char_rnn.model.network import CharRNNModel
 
 VOCAB = Vocab("abcdefgh \n")
+
+
+@torch.no_grad()
+def continuation_log_prob(model: CharRNNModel, vocab: Vocab, start: str, continuation: str) -> float:
+    """log P(continuation | start) under the model: the score beam search maximises."""
+    if not continuation:
+        return 0.0
+    ids = torch.as_tensor(vocab.encode(start + continuation), dtype=torch.long)
+    logits, _ = model(ids[:-1].unsqueeze(0), None)
+    log_probs = F.log_softmax(logits[0].float(), dim=-1)  # (T, V)
+    picked = log_probs.gather(1, ids[1:].unsqueeze(1)).squeeze(1)
+    return float(picked[len(start) - 1 :].sum())
+
+
+def greedy_text(model: CharRNNModel, config: SampleConfig) -> str:
+    return generate_texts(ReferenceEngine(model, VOCAB), config)[0]
 
 
 @pytest.fixture(scope="module", params=["gru", "lstm"])
@@ -27,13 +45,13 @@ def model(request) -> CharRNNModel:
 
 
 def test_beam_of_one_is_greedy(model):
-    greedy = generate(model, VOCAB, SampleConfig(start="ab", length=60, temperature=0))[0]
+    greedy = greedy_text(model, SampleConfig(start="ab", length=60, temperature=0))
     assert beam_search(model, VOCAB, "ab", 60, beams=1).text == greedy
 
 
 @pytest.mark.parametrize("beams", [2, 5, 16])
 def test_wider_beams_find_continuations_at_least_as_likely_as_greedy(model, beams):
-    greedy = generate(model, VOCAB, SampleConfig(start="ab", length=40, temperature=0))[0]
+    greedy = greedy_text(model, SampleConfig(start="ab", length=40, temperature=0))
     greedy_log_prob = continuation_log_prob(model, VOCAB, "ab", greedy[2:])
     result = beam_search(model, VOCAB, "ab", 40, beams=beams)
     assert result.text.startswith("ab") and len(result.text) == 42
@@ -48,7 +66,7 @@ def test_some_beam_beats_greedy_somewhere(model):
     """Guards the previous test against a beam search that merely returns the greedy text."""
     gains = []
     for start in ("a", "b", "c", "d", "e"):
-        greedy = generate(model, VOCAB, SampleConfig(start=start, length=30, temperature=0))[0]
+        greedy = greedy_text(model, SampleConfig(start=start, length=30, temperature=0))
         greedy_log_prob = continuation_log_prob(model, VOCAB, start, greedy[1:])
         gains.append(beam_search(model, VOCAB, start, 30, beams=8).log_prob - greedy_log_prob)
     assert max(gains) > 1e-3

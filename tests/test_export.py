@@ -12,10 +12,9 @@ import torch
 from conftest import TINY_MODEL, run_cli, tiny_train_config
 from test_server import shared_tiny_run
 
-from char_rnn import CharRNN, CharRNNError, train
+from char_rnn import CharRNN, CharRNNError, UsageError, train
 from char_rnn.config import to_dict
 from char_rnn.model.network import CharRNNModel, state_tensors
-from char_rnn.onnx.engine import OnnxEngine
 from char_rnn.onnx.export import ONNX_FILE, OneStep, export
 from char_rnn.run.checkpoint import weights_bytes
 from char_rnn.run.folder import MODEL_FILE, RunFolder
@@ -53,20 +52,20 @@ def test_cli_export_then_greedy_text_is_the_same_on_both_engines(gru_run):
     assert onnx.returncode == 0 and torch_text.returncode == 0, onnx.stderr + torch_text.stderr
     assert onnx.stdout.startswith("ROMEO:") and len(onnx.stdout) > 200
     assert onnx.stdout == torch_text.stdout
-    fast = run_cli(*greedy, "--engine", "torch")  # the default engine (int8 recurrent weights)
+    fast = run_cli(*greedy)  # the default engine (int8 recurrent weights)
     assert fast.returncode == 0, fast.stderr
     assert onnx.stdout == fast.stdout
 
 
 def test_two_layer_lstm_greedy_text_is_the_same_on_both_engines(lstm_run):
-    onnx = OnnxEngine.load(lstm_run).generate("JULIET:", 300, temperature=0)
+    onnx = CharRNN.load(lstm_run, engine="onnx").generate("JULIET:", 300, temperature=0)
     reference = CharRNN.load(lstm_run, engine="reference").generate("JULIET:", 300, temperature=0)
     assert onnx == reference
 
 
 def test_seeded_samples_are_the_same_on_both_engines(lstm_run):
     options = dict(temperature=0.9, top_k=12, top_p=0.95, seed=4, num_samples=3)
-    onnx = OnnxEngine.load(lstm_run).generate("A", 150, **options)
+    onnx = CharRNN.load(lstm_run, engine="onnx").generate("A", 150, **options)
     reference = CharRNN.load(lstm_run, engine="reference").generate("A", 150, **options)
     assert onnx == reference and len(set(onnx)) == 3
 
@@ -111,11 +110,18 @@ def test_an_export_of_other_weights_is_refused(lstm_run, tmp_path):
         model.head.bias.add_(0.5)
     write_atomic(run / MODEL_FILE, weights_bytes(model))  # as if training had gone on
     with pytest.raises(CharRNNError, match="export again: char-rnn export"):
-        OnnxEngine.load(run)
+        CharRNN.load(run, engine="onnx")
 
 
 def test_generating_before_exporting_says_what_to_run(gru_run, tmp_path):
     run = Path(shutil.copytree(gru_run, tmp_path / "copy"))
     (run / ONNX_FILE).unlink(missing_ok=True)
     with pytest.raises(CharRNNError, match=r"model.onnx is missing; write it with: char-rnn export"):
-        OnnxEngine.load(run)
+        CharRNN.load(run, engine="onnx")
+
+
+def test_the_onnx_engine_runs_on_the_cpu_only(lstm_run):
+    with pytest.raises(UsageError, match="the onnx engine runs on the CPU only; use device cpu, not 'cuda'"):
+        CharRNN.load(lstm_run, engine="onnx", device="cuda")
+    done = run_cli("generate", lstm_run, "--engine", "onnx", "--device", "cuda", "--length", "5")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "device cpu" in done.stderr

@@ -7,17 +7,14 @@ import torch
 from conftest import run_cli
 
 from char_rnn import CharRNN
+from char_rnn.cli import build_parser
 from char_rnn.config import ModelConfig, SampleConfig
 from char_rnn.data.vocab import Vocab
-from char_rnn.generate import engine_stream, fast
-from char_rnn.generate.fast import CHUNK, FastGenerator, FastLoop
-from char_rnn.generate.sampling import (
-    draw_by_inverse_cdf,
-    filter_logits,
-    generate,
-    make_generator,
-    sample_next,
-)
+from char_rnn.errors import UsageError
+from char_rnn.evaluate import evaluate, evaluate_steps
+from char_rnn.generate import DEFAULT_ENGINE, ENGINES, generate_texts, open_engine
+from char_rnn.generate.fast import CHUNK, FastEngine, FastGenerator, FastLoop
+from char_rnn.generate.sampling import draw_by_inverse_cdf, filter_logits, make_generator, sample_next
 from char_rnn.model.network import CharRNNModel
 
 VOCAB = Vocab("abcdefghij \n")
@@ -72,7 +69,7 @@ def test_the_draws_replay_exactly_with_the_reference_step():
     model, seed, length, batch = random_model("lstm", 2), 5, CHUNK + 37, 3
     config = SampleConfig(start="ab", length=length, temperature=0.8, top_k=6, top_p=0.95, seed=seed,
                           num_samples=batch)  # fmt: skip
-    texts = generate(model, VOCAB, config, lambda m, v, c: fast.stream(m, v, c, weights="fp32"))
+    texts = generate_texts(FastEngine(model, VOCAB, weights="fp32"), config)
     generator = make_generator(seed)
     uniforms = torch.cat([torch.rand((min(CHUNK, length - i), batch), generator=generator)
                           for i in range(0, length, CHUNK)])  # fmt: skip
@@ -90,17 +87,17 @@ def test_the_draws_replay_exactly_with_the_reference_step():
 def test_greedy_fast_equals_greedy_reference():
     model = random_model("gru", 2)
     config = SampleConfig(start="a", length=150, temperature=0)
-    reference = generate(model, VOCAB, config, engine_stream("reference"))
-    assert generate(model, VOCAB, config, lambda m, v, c: fast.stream(m, v, c, weights="fp32")) == reference
+    reference = generate_texts(open_engine("reference", model, VOCAB), config)
+    assert generate_texts(FastEngine(model, VOCAB, weights="fp32"), config) == reference
 
 
 def test_same_seed_same_text_other_seed_other_text():
     model = random_model()
     config = SampleConfig(start="a", length=200, num_samples=2, seed=3, top_p=0.9)
-    first = generate(model, VOCAB, config, engine_stream("fast"))
-    assert generate(model, VOCAB, config, engine_stream("fast")) == first
+    first = generate_texts(open_engine("fast", model, VOCAB), config)
+    assert generate_texts(open_engine("fast", model, VOCAB), config) == first
     other = SampleConfig(start="a", length=200, num_samples=2, seed=4, top_p=0.9)
-    assert generate(model, VOCAB, other, engine_stream("fast")) != first
+    assert generate_texts(open_engine("fast", model, VOCAB), other) != first
     assert first[0] != first[1]  # the streams are independent samples
 
 
@@ -141,17 +138,17 @@ def test_the_compiled_loop_and_the_eager_fallback_draw_the_same_text():
 
 def test_streaming_yields_before_the_whole_text_is_made():
     model = random_model()
-    steps = fast.stream(model, VOCAB, SampleConfig(start="a", length=10**9, seed=0))
+    steps = FastEngine(model, VOCAB).stream(SampleConfig(start="a", length=10**9, seed=0))
     assert len(next(steps)) == 1  # a billion characters would never finish
 
 
 def test_int8_loss_is_within_half_a_percent_of_fp32(trained, shakespeare_text):
     ids = trained.vocab.encode(shakespeare_text[27_000:30_000])
-    from char_rnn.evaluate import evaluate
-
     reference = evaluate(trained.model, ids).loss
-    assert FastGenerator(trained.model, "fp32").loss(ids).loss == pytest.approx(reference, rel=1e-5)
-    int8 = FastGenerator(trained.model, "int8").loss(ids).loss
+    assert evaluate_steps(FastGenerator(trained.model, "fp32").step, ids).loss == pytest.approx(
+        reference, rel=1e-5
+    )
+    int8 = evaluate_steps(FastGenerator(trained.model, "int8").step, ids).loss
     assert abs(int8 - reference) <= 0.005 * reference
     assert reference < 2.6  # a model that learned something (uniform is 4.1): the check means something
 
@@ -165,8 +162,31 @@ def test_cli_engines_and_bench(trained):
     assert run_cli("generate", run, *flags).stdout == fast_run.stdout
     reference = run_cli("generate", run, *flags, "--engine", "reference")
     assert reference.returncode == 0 and len(reference.stdout) == len(fast_run.stdout)
+    renamed = run_cli("generate", run, *flags, "--engine", "torch")  # the fast engine's old CLI name
+    assert renamed.returncode == 0 and renamed.stdout == fast_run.stdout
+    assert renamed.stderr == "char-rnn: warning: --engine torch is now called fast\n"
     bench = run_cli("bench", "generate", "--run", run, "--batch-size", "4", "--length", "200")
     assert bench.returncode == 0, bench.stderr
     assert "4 stream(s) x 200 characters" in bench.stdout and bench.stdout.strip().endswith("chars/s")
     bad = run_cli("bench", "generate", "--batch-size", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_every_engine_flag_offers_the_registry_and_takes_the_old_name(capsys):
+    parser = build_parser()
+    commands = {
+        "generate": ("generate", "RUN"),
+        "serve": ("serve", "RUN"),
+        "bench generate": ("bench", "generate"),
+    }
+    for command, argv in commands.items():
+        subparser = parser
+        for word in command.split():
+            subparser = next(a for a in subparser._actions if a.dest in ("command", "bench")).choices[word]
+        engine = next(a for a in subparser._actions if a.dest == "engine")
+        assert list(engine.choices) == list(ENGINES), command
+        assert parser.parse_args([*argv]).engine == DEFAULT_ENGINE
+        assert parser.parse_args([*argv, "--engine", "torch"]).engine == "fast"
+        assert capsys.readouterr().err == "char-rnn: warning: --engine torch is now called fast\n"
+        with pytest.raises(UsageError, match="invalid choice"):
+            parser.parse_args([*argv, "--engine", "tensorflow"])

@@ -118,6 +118,29 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
 
+# Engine names the CLI once took, still accepted with a warning.
+RENAMED_ENGINES = {"torch": "fast"}
+
+
+def _engine_name(name: str) -> str:
+    """--engine's type: a renamed engine becomes its new name, with one line on stderr."""
+    if name in RENAMED_ENGINES:
+        print(f"{PROG}: warning: --engine {name} is now called {RENAMED_ENGINES[name]}", file=sys.stderr)
+        return RENAMED_ENGINES[name]
+    return name
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    from .generate import DEFAULT_ENGINE, ENGINES
+
+    kinds = "; ".join(
+        f"{name}{' (default)' if name == DEFAULT_ENGINE else ''}: {kind.summary}"
+        for name, kind in ENGINES.items()
+    )
+    p.add_argument("--engine", type=_engine_name, choices=tuple(ENGINES), default=DEFAULT_ENGINE,
+                   help=f"how to run the model: {kinds}")  # fmt: skip
+
+
 def _add_generate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "generate",
@@ -134,9 +157,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     )
     _add_sampling(p)
     p.add_argument("--num-samples", type=int, default=1, help="texts to generate together")
-    p.add_argument("--engine", choices=("torch", "reference", "onnx"), default="torch",
-                   help="torch (default: a compiled loop, int8 weights on the CPU), reference "
-                        "(the model once per character) or onnx: RUN/model.onnx in onnxruntime")  # fmt: skip
+    _add_engine(p)
     p.add_argument("--beam", type=int, metavar="N",
                    help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default 1 for one sample, else one per core)")
@@ -198,7 +219,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, default=2, help="generations at once (default 2)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    p.add_argument("--engine", choices=("torch", "onnx"), default="torch")
+    _add_engine(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--quiet", action="store_true", help="no request log")
     p.set_defaults(handler=cmd_serve)
@@ -306,7 +327,7 @@ def _add_bench_generate(benches: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=1, help="streams generated together (default 1)")
     p.add_argument("--length", type=int, default=1000, help="characters per stream (default 1000)")
-    p.add_argument("--engine", choices=("fast", "reference"), default="fast")
+    _add_engine(p)
     p.add_argument("--run", help="a run folder's model instead of the random one")
     p.add_argument("--threads", type=int, help="CPU threads (default 1 for one stream, else one per core)")
     p.set_defaults(handler=cmd_bench_generate)
@@ -376,18 +397,19 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .api import CharRNN
     from .config import SampleConfig
 
     config = SampleConfig(start=args.start, length=args.length, num_samples=args.num_samples,
                           **_sample_options(args))  # fmt: skip
+    if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx"):
+        raise UsageError("--beam finds one continuation with the model itself, not an engine; "
+                         "drop --num-samples and --engine onnx")  # fmt: skip
     _set_threads(args.threads, config.num_samples)
-    model = _load_engine(args)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     model.vocab.check(config.start, "the start string")
     out = sys.stdout
     if args.beam is not None:
-        if config.num_samples != 1 or args.engine == "onnx":
-            raise UsageError("--beam finds one continuation with the torch engine; "
-                             "drop --num-samples and --engine onnx")  # fmt: skip
         print(model.beam_search(config.start, config.length, args.beam).text)
         return 0
     if config.num_samples == 1:
@@ -404,21 +426,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_engine(args: argparse.Namespace):
-    """The run's model for generation: a CharRNN, or its ONNX export in onnxruntime."""
-    if args.engine == "onnx":
-        from .onnx.engine import OnnxEngine
-
-        if args.device != "cpu":
-            raise UsageError("--engine onnx runs on the CPU; drop --device")
-        return OnnxEngine.load(args.run, which=args.checkpoint)
-    from .api import CharRNN
-
-    engine = "reference" if args.engine == "reference" else "fast"
-    return CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=engine)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import CharRNN
     from .serve.server import ServerConfig, is_loopback, serve
 
     config = ServerConfig(
@@ -426,7 +435,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin), max_length=args.max_length, max_start=args.max_start,
         max_concurrent=args.max_concurrent, timeout=args.timeout,
     )  # fmt: skip
-    model = _load_engine(args)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     if not is_loopback(args.host):
         print(f"{PROG}: warning: listening on {args.host}: anyone who can reach this machine can use "
               "the model; the Host header must still be localhost or an --allow-host name",
@@ -506,6 +515,7 @@ def _set_threads(threads: int | None, streams: int) -> None:
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     from .data.vocab import Vocab
+    from .generate import open_engine
     from .generate.speed import measure_generation, tutorial_model
 
     if args.batch_size < 1 or args.length < 1:
@@ -514,13 +524,12 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     if args.run:
         from .api import CharRNN
 
-        loaded = CharRNN.load(args.run)
-        model, vocab, what = loaded.model, loaded.vocab, args.run
+        loaded = CharRNN.load(args.run, engine=args.engine)
+        engine, vocab, what = loaded.engine, loaded.vocab, args.run
     else:
         vocab = Vocab(chr(c) for c in range(32, 97))  # 65 characters, as tiny Shakespeare has
-        model, what = tutorial_model(vocab), "random tutorial-size model"
-    speed = measure_generation(model, vocab, batch_size=args.batch_size, length=args.length,
-                               engine=args.engine)  # fmt: skip
+        engine, what = open_engine(args.engine, tutorial_model(vocab), vocab), "random tutorial-size model"
+    speed = measure_generation(engine, vocab, batch_size=args.batch_size, length=args.length)
     print(f"generate {what}: engine {speed.engine}, {speed.batch_size} stream(s) x {speed.length} "
           f"characters in {speed.seconds:.2f} s: {speed.chars_per_s:,.0f} chars/s")  # fmt: skip
     return 0

@@ -12,8 +12,9 @@ every character after the first is predicted exactly once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,3 +201,22 @@ def evaluate_corpus(
             raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
         windows = evaluate_windows(model, ids, window=window)
     return CorpusEval(corpus.source, split, carried, window, windows)
+
+
+@torch.no_grad()
+def evaluate_steps(
+    step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]], ids: np.ndarray, *, streams: int = 16
+) -> EvalResult:
+    """Mean cross-entropy over `ids` laid out as `evaluate` lays them out, read one position
+    at a time through `step(ids (S, 1), state) -> (logits (S, V), state)`, state None at
+    first: the loss of a generation engine's own step (the fast engine's int8 weights, say)
+    on exactly the predictions `evaluate` scores for the model."""
+    if len(ids) < 2:
+        raise ValueError("evaluation needs at least two characters")
+    inputs, targets, mask = (a.t().contiguous() for a in whole_streams(ids, streams))  # (L, S)
+    losses = torch.empty(inputs.shape, dtype=torch.float32)
+    state = None
+    for t in range(inputs.shape[0]):
+        logits, state = step(inputs[t].unsqueeze(1), state)
+        losses[t] = F.cross_entropy(logits.float(), targets[t], reduction="none")
+    return EvalResult(loss=float(losses[mask].sum() / mask.sum()), chars=int(mask.sum()))

@@ -1,47 +1,109 @@
 """Generation engines: the ways of turning a model and a SampleConfig into text.
 
-Each engine is a function `stream(model, vocab, config) -> Iterator[list[str]]` that
-yields, per step, the next character of each of the `config.num_samples` texts, with
-the semantics of the reference engine (`sample.stream`): the same start string,
-length, temperature, top-k and top-p, and the same seed giving the same text on every
-run of that engine. Engines differ in speed and in the order of their random draws, so
-the same seed gives different texts on different engines.
+An engine is opened once on a model and its vocabulary (`open_engine`) and then answers
+one call, `stream(config)`: an iterator that yields, per step, the next character of each
+of the `config.num_samples` texts, after checking the start string against the vocabulary.
+Every engine gives the start string, length, temperature, top-k and top-p the same meaning,
+and the same seed the same text on every run of that engine. Engines differ in speed and in
+the order of their random draws, so the same seed may give different texts on different ones.
 
 - fast: compiled loop, int8 or fp32 weights, CPU (the default; falls back to reference elsewhere)
 - reference: `model.forward` once per character; any device
+- onnx: the run's exported model.onnx in onnxruntime, CPU (the `onnx` extra); it draws as
+  the reference does, so the same seed gives the reference's text
+
+Beam search (beam.py) is a method beside the engines, not one of them: it looks for the
+likeliest continuation rather than drawing one, so it takes no temperature, top-k, top-p,
+seed or number of samples, and it cannot stream (the best text is known only at the end).
+It also reorders the state between candidates at every step, which an engine's one call
+does not expose; so it runs the model's forward pass, on any device.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 from ..config import SampleConfig
 from ..data.vocab import Vocab
 from ..errors import UsageError
 from ..model.network import CharRNNModel
 from . import fast
-from .sampling import stream as reference_stream
+from .reference import ReferenceEngine
 
-StreamFn = Callable[[CharRNNModel, Vocab, SampleConfig], Iterator[list[str]]]
 
+class Engine(Protocol):
+    name: str
+
+    def stream(self, config: SampleConfig) -> Iterator[list[str]]: ...
+
+
+# Opens an engine on a loaded model and vocabulary; an engine that reads a file of its own
+# also gets the run folder (None when the model did not come from one) and which weights.
+Opener = Callable[[CharRNNModel, Vocab, "str | os.PathLike | None", str], Engine]
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    summary: str  # one line for a reader choosing an engine, e.g. in --engine's help
+    open: Opener
+    cpu_only: bool = False  # runs on the CPU whatever the model's device: another is refused, not ignored
+
+
+def _open_fast(model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str) -> Engine:
+    if fast.supports(model):
+        return fast.FastEngine(model, vocab)
+    return ReferenceEngine(model, vocab)
+
+
+def _open_reference(model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str) -> Engine:
+    return ReferenceEngine(model, vocab)
+
+
+def _open_onnx(model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str) -> Engine:
+    if run is None:
+        raise UsageError(
+            "the onnx engine reads a run folder's exported model.onnx, and no run folder was given"
+        )
+    from ..onnx.engine import OnnxEngine  # onnxruntime is an optional extra
+
+    return OnnxEngine.load(run, vocab, model.config, which=which)
+
+
+# Every engine, by the name users give: CharRNN.load(engine=...) and the CLI's --engine
+# choices are read from here.
+ENGINES: dict[str, EngineKind] = {
+    "fast": EngineKind("a compiled loop, int8 weights on the CPU (elsewhere: reference)", _open_fast),
+    "reference": EngineKind("the model once per character", _open_reference),
+    "onnx": EngineKind("RUN/model.onnx in onnxruntime, after char-rnn export", _open_onnx, cpu_only=True),
+}
 DEFAULT_ENGINE = "fast"
 
 
-def _fast_or_reference(model: CharRNNModel, vocab: Vocab, config: SampleConfig) -> Iterator[list[str]]:
-    if fast.supports(model):
-        return fast.stream(model, vocab, config)
-    return reference_stream(model, vocab, config)
-
-
-# Another engine registers itself here under its name (the CLI's --engine lists these).
-ENGINES: dict[str, StreamFn] = {
-    "fast": _fast_or_reference,
-    "reference": reference_stream,
-}
-
-
-def engine_stream(engine: str) -> StreamFn:
+def engine_kind(name: str) -> EngineKind:
     try:
-        return ENGINES[engine]
+        return ENGINES[name]
     except KeyError:
-        raise UsageError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}") from None
+        raise UsageError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}") from None
+
+
+def open_engine(
+    name: str,
+    model: CharRNNModel,
+    vocab: Vocab,
+    *,
+    run: str | os.PathLike | None = None,
+    which: str = "latest",
+) -> Engine:
+    return engine_kind(name).open(model, vocab, run, which)
+
+
+def generate_texts(engine: Engine, config: SampleConfig) -> list[str]:
+    """The start string followed by `length` generated characters, for each sample."""
+    texts = [[config.start] for _ in range(config.num_samples)]
+    for step in engine.stream(config):
+        for text, ch in zip(texts, step, strict=True):
+            text.append(ch)
+    return ["".join(t) for t in texts]

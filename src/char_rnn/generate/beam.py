@@ -7,6 +7,12 @@ characters' log-probabilities) and extends all of them each step: the N x V cand
 are ranked, the best N kept, and the state of each kept beam is copied from its parent.
 With N = 1 it is greedy decoding. Deterministic: no random draws.
 
+It is a method beside the generation engines (char_rnn.generate), not one of them: an
+engine answers `stream(SampleConfig)` with texts drawn at random, as they are made, while
+beam search has no temperature, top-k, top-p, seed or number of samples, and knows its
+text only at the end. It also copies each kept beam's state from its parent at every step,
+which an engine's one call does not expose, so it runs the model's own forward pass (any device).
+
 Memory: the state is (L, N, H); the history keeps N ids and N parent indices per step.
 """
 
@@ -68,19 +74,3 @@ def beam_search(model: CharRNNModel, vocab: Vocab, start: str, length: int, beam
         beam = int(parents[beam])
     continuation = vocab.decode(list(reversed(chosen)))
     return BeamResult(text=start + continuation, log_prob=float(scores[0]) if history else 0.0)
-
-
-@torch.no_grad()
-def continuation_log_prob(model: CharRNNModel, vocab: Vocab, start: str, continuation: str) -> float:
-    """log P(continuation | start) under the model: the score beam search maximises."""
-    vocab.check(start + continuation, "the text")
-    if not continuation:
-        return 0.0
-    model.eval()
-    device = model.head.weight.device
-    ids = torch.as_tensor(vocab.encode(start + continuation), dtype=torch.long, device=device)
-    logits, _ = model(ids[:-1].unsqueeze(0), None)
-    log_probs = F.log_softmax(logits[0].float(), dim=-1)  # (T, V)
-    targets = ids[1:]
-    picked = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-    return float(picked[len(start) - 1 :].sum())

@@ -1,6 +1,6 @@
 """The fast engine: a compiled step, K characters per call from Python.
 
-The reference engine (`sample.stream`) calls `model.forward` once per character,
+The reference engine (reference.py) calls `model.forward` once per character,
 which costs about as much in Python and dispatch as in arithmetic for one stream.
 Here everything per character runs inside one TorchScript loop over a chunk of K
 steps, on weights prepared once:
@@ -30,7 +30,6 @@ from torch import nn
 from ..config import SampleConfig
 from ..data.vocab import Vocab
 from ..errors import UsageError
-from ..evaluate import EvalResult, whole_streams
 from ..model.network import CharRNNModel, state_tensors
 from .sampling import draw_by_inverse_cdf, filter_logits, make_generator
 
@@ -161,17 +160,6 @@ class FastLoop(nn.Module):
             logits = self.step(ids, h, c)
         return logits
 
-    @torch.jit.export
-    def score(
-        self, inputs: torch.Tensor, targets: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> torch.Tensor:
-        """Cross-entropy (T, B) of each target given the inputs so far (teacher forcing)."""
-        losses = torch.empty(inputs.shape, dtype=torch.float32)
-        for t in range(inputs.shape[0]):
-            logits = self.step(inputs[t], h, c)
-            losses[t] = F.cross_entropy(logits, targets[t], reduction="none")
-        return losses
-
 
 def compile_loop(loop: FastLoop) -> tuple[nn.Module, bool]:
     """The loop compiled by TorchScript, or as it is (the same arithmetic, with Python per
@@ -258,12 +246,16 @@ class FastGenerator:
             yield out[:k]
 
     @torch.no_grad()
-    def loss(self, ids: np.ndarray, *, streams: int = 16) -> EvalResult:
-        """Mean cross-entropy over `ids` as `evaluate` reads it, computed by the fast step."""
-        inputs, targets, mask = (a.t().contiguous() for a in whole_streams(ids, streams))
-        h, c = self.zero_state(inputs.shape[1])
-        losses = self.loop.score(inputs, targets, h, c)
-        return EvalResult(loss=float(losses[mask].sum() / mask.sum()), chars=int(mask.sum()))
+    def step(
+        self, ids: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """ids (B, T) read one position at a time from `state` (None: zeros) -> logits (B, V)
+        after the last, and the state (h, c): the packed weights' own step, for scoring them
+        (`evaluate.evaluate_steps`) against the model's."""
+        h, c = state if state is not None else self.zero_state(ids.shape[0])
+        for t in range(ids.shape[1]):
+            logits = self.loop.step(ids[:, t].contiguous(), h, c)
+        return logits, (h, c)
 
 
 # A compiled generator per model, rebuilt when any parameter changes in place (an optimizer
@@ -281,27 +273,42 @@ def fast_generator(model: CharRNNModel, weights: str = "auto") -> FastGenerator:
     return generator
 
 
-@torch.no_grad()
-def stream(
-    model: CharRNNModel, vocab: Vocab, config: SampleConfig, *, weights: str = "auto"
-) -> Iterator[list[str]]:
-    """Like `sample.stream`: yield, per step, the next character of each of the texts."""
-    vocab.check(config.start, "the start string")
-    if config.length == 0:
-        return
-    if weights == "auto" and config.temperature == 0:
-        # Greedy decoding has one right answer per step; int8 rounding could flip a near-tie
-        # between the two likeliest characters, so greedy text is made with fp32 weights.
-        weights = "fp32"
-    fast = fast_generator(model, weights)
-    model.eval()
-    generator = make_generator(config.seed)
-    # The start string is read by the reference forward pass (one call, fp32).
-    start = torch.as_tensor(vocab.encode(config.start), dtype=torch.long)
-    logits, state = model(start.unsqueeze(0).expand(config.num_samples, -1), None)
-    tensors = state_tensors(state)
-    h = tensors[0].contiguous().clone()
-    c = tensors[1].contiguous().clone() if len(tensors) == 2 else torch.zeros_like(h)
-    chars = np.array(vocab.chars, dtype=object)
-    for ids in fast.chunks(logits[:, -1].float().contiguous(), h, c, config, generator):
-        yield from chars[ids.numpy()].tolist()
+class FastEngine:
+    """Generation through `FastGenerator`, for a model on the CPU (see `supports`)."""
+
+    name = "fast"
+
+    def __init__(self, model: CharRNNModel, vocab: Vocab, *, weights: str = "auto"):
+        resolve_weights(weights)  # a bad or unavailable choice fails here, not at the first stream
+        if not supports(model):
+            raise UsageError("the fast engine runs on the CPU; use the reference engine on a GPU")
+        self.model = model
+        self.vocab = vocab
+        self.weights = weights
+
+    def stream(self, config: SampleConfig) -> Iterator[list[str]]:
+        self.vocab.check(config.start, "the start string")
+        return self._stream(config)
+
+    @torch.no_grad()
+    def _stream(self, config: SampleConfig) -> Iterator[list[str]]:
+        if config.length == 0:
+            return
+        weights = self.weights
+        if weights == "auto" and config.temperature == 0:
+            # Greedy decoding has one right answer per step; int8 rounding could flip a near-tie
+            # between the two likeliest characters, so greedy text is made with fp32 weights.
+            weights = "fp32"
+        # Fetched per call, not kept: the weights are packed again after they change in place.
+        fast = fast_generator(self.model, weights)
+        self.model.eval()
+        generator = make_generator(config.seed)
+        # The start string is read by the reference forward pass (one call, fp32).
+        start = torch.as_tensor(self.vocab.encode(config.start), dtype=torch.long)
+        logits, state = self.model(start.unsqueeze(0).expand(config.num_samples, -1), None)
+        tensors = state_tensors(state)
+        h = tensors[0].contiguous().clone()
+        c = tensors[1].contiguous().clone() if len(tensors) == 2 else torch.zeros_like(h)
+        chars = np.array(self.vocab.chars, dtype=object)
+        for ids in fast.chunks(logits[:, -1].float().contiguous(), h, c, config, generator):
+            yield from chars[ids.numpy()].tolist()

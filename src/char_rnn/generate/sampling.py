@@ -1,20 +1,21 @@
-"""Sampling: one pure step (`sample_next`) and stateful generation (`stream`).
+"""Sampling: one pure step (`sample_next`) and the loop around a model's step (`sample_stream`).
 
-Generation primes the state with the whole start string in one forward pass, then
-feeds back one character at a time: each step reads the last sampled ids (B, 1)
-and the state, and gives logits (B, V) for the next character. Only the state and
-the newest ids are kept, so memory does not grow with the length of the text.
+The loop primes the state with the whole start string in one step, then feeds back one
+character at a time: each step reads the last sampled ids (B, 1) and the state, and gives
+logits (B, V) for the next character. Only the state and the newest ids are kept, so
+memory does not grow with the length of the text. The reference and ONNX engines are this
+loop around their own step; the fast engine compiles its own (fast.py), with the filter here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
 from ..config import SampleConfig
 from ..data.vocab import Vocab
-from ..model.network import CharRNNModel
 
 
 def filter_logits(
@@ -22,7 +23,7 @@ def filter_logits(
 ) -> torch.Tensor:
     """Scale `logits` (B, V) by the temperature and mask what top-k and top-p exclude with -inf.
 
-    Both generation engines share this, so their temperature/top-k/top-p mean the same thing
+    Every engine applies this, so temperature/top-k/top-p mean the same thing on all of them
     (the fast engine compiles it with TorchScript). Temperature 0 is handled by the callers."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
@@ -76,19 +77,24 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
-@torch.no_grad()
-def stream(model: CharRNNModel, vocab: Vocab, config: SampleConfig) -> Iterator[list[str]]:
-    """Yield, per step, the next character of each of the `num_samples` texts."""
-    device = model.head.weight.device
+# One step of a model: ids (B, T) and the state it returned last (None at first: a zero
+# state) -> the logits (B, V) after the last of those ids, on the CPU, and the new state.
+Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
+
+
+def sample_stream(step: Step, vocab: Vocab, config: SampleConfig) -> Iterator[list[str]]:
+    """Yield, per step, the next character of each of the `num_samples` texts that `step`
+    and `sample_next` make from the start string (checked here, before the first step)."""
     vocab.check(config.start, "the start string")
+    return _sample_stream(step, vocab, config)
+
+
+def _sample_stream(step: Step, vocab: Vocab, config: SampleConfig) -> Iterator[list[str]]:
     if config.length == 0:
         return
-    model.eval()
     generator = make_generator(config.seed)
-    start = torch.as_tensor(vocab.encode(config.start), dtype=torch.long, device=device)
-    ids = start.unsqueeze(0).expand(config.num_samples, -1)  # (B, T)
-    logits, state = model(ids, None)
-    logits = logits[:, -1].cpu()  # (B, V)
+    start = torch.as_tensor(vocab.encode(config.start), dtype=torch.long)
+    logits, state = step(start.unsqueeze(0).expand(config.num_samples, -1), None)
     chars = vocab.chars
     for _ in range(config.length):
         next_ids = sample_next(
@@ -99,21 +105,4 @@ def stream(model: CharRNNModel, vocab: Vocab, config: SampleConfig) -> Iterator[
             generator=generator,
         )
         yield [chars[i] for i in next_ids.tolist()]
-        logits, state = model(next_ids.to(device).unsqueeze(1), state)  # (B, 1, V)
-        logits = logits[:, -1].cpu()
-
-
-def generate(
-    model: CharRNNModel,
-    vocab: Vocab,
-    config: SampleConfig,
-    engine: Callable[[CharRNNModel, Vocab, SampleConfig], Iterator[list[str]]] | None = None,
-) -> list[str]:
-    """The start string followed by `length` generated characters, for each sample.
-
-    `engine` is a stream function (see `char_rnn.engine`); the default is `stream` here."""
-    texts = [[config.start] for _ in range(config.num_samples)]
-    for step in (engine or stream)(model, vocab, config):
-        for text, ch in zip(texts, step, strict=True):
-            text.append(ch)
-    return ["".join(t) for t in texts]
+        logits, state = step(next_ids.unsqueeze(1), state)

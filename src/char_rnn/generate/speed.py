@@ -16,7 +16,7 @@ import torch
 from ..config import PRESETS, ModelConfig, SampleConfig
 from ..data.vocab import Vocab
 from ..model.network import CharRNNModel
-from . import DEFAULT_ENGINE, engine_stream
+from . import Engine
 from .fast import CHUNK
 
 
@@ -40,19 +40,12 @@ def tutorial_model(vocab: Vocab, seed: int = 0) -> CharRNNModel:
 
 
 def measure_generation(
-    model: CharRNNModel,
-    vocab: Vocab,
-    *,
-    batch_size: int = 1,
-    length: int = 1000,
-    engine: str = DEFAULT_ENGINE,
-    seed: int = 0,
+    engine: Engine, vocab: Vocab, *, batch_size: int = 1, length: int = 1000, seed: int = 0
 ) -> GenerationSpeed:
-    stream = engine_stream(engine)
     config = SampleConfig(start=vocab.chars[0], length=length, num_samples=batch_size, seed=seed)
-    for _ in stream(model, vocab, replace(config, length=min(length, 3 * CHUNK))):
+    for _ in engine.stream(replace(config, length=min(length, 3 * CHUNK))):
         pass
     started = time.perf_counter()
-    for _ in stream(model, vocab, config):
+    for _ in engine.stream(config):
         pass
-    return GenerationSpeed(engine, batch_size, length, time.perf_counter() - started)
+    return GenerationSpeed(engine.name, batch_size, length, time.perf_counter() - started)

@@ -90,12 +90,6 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
-def state_to(state: State, dtype: torch.dtype) -> State:
-    if isinstance(state, tuple):
-        return tuple(s.to(dtype) for s in state)
-    return state.to(dtype)
-
-
 def state_tensors(state: State) -> list[torch.Tensor]:
     return list(state) if isinstance(state, tuple) else [state]
 

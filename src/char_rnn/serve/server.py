@@ -236,7 +236,7 @@ class HostGuard:
 
 
 def create_app(engine: Any, config: ServerConfig, port: int, *, description: str = ""):
-    """The FastAPI application around one loaded model (a CharRNN or an OnnxEngine).
+    """The FastAPI application around one loaded model (a CharRNN, whatever its engine).
 
     `port` is the port actually listened on, which the Host check needs."""
     GenerateRequest = _request_model(config)
