@@ -7,15 +7,17 @@ Exit status: 0 success, 1 a failure the user can fix (file, checkpoint, corpus),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import BATCHINGS, CELLS, ON_NONFINITE, PRECISIONS, PRESETS, SCHEDULES
+from .config import PRESETS, ModelConfig, SampleConfig, TrainConfig, describe, field_names
 from .errors import CharRNNError, UsageError
 
 PROG = "char-rnn"
@@ -32,11 +34,41 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequence[str] | None = None,
+                      *, given_only: bool = True) -> None:  # fmt: skip
+    """One flag per config field, named like it (--batch-size for batch_size), with the type,
+    choices and help text the field declares. `given_only`: a flag not given is None, so
+    that presets and saved runs can fill it; otherwise it defaults to the field's default."""
+    hints = typing.get_type_hints(config_type)
+    groups: dict[str, Any] = {}
+    for config_field in dataclasses.fields(config_type):
+        meta = config_field.metadata
+        if "help" not in meta or (names is not None and config_field.name not in names):
+            continue
+        group = meta["group"] if given_only and meta["group"] else ""
+        if group and group not in groups:
+            groups[group] = p.add_argument_group(group)
+        target = groups.get(group, p)
+        flag = "--" + config_field.name.replace("_", "-")
+        kind = next(k for k in (bool, int, float, str) if k in typing.get_args(hints[config_field.name])
+                    or hints[config_field.name] is k)  # fmt: skip
+        default = None if given_only else config_field.default
+        if kind is bool:
+            target.add_argument(flag, action="store_true", default=default, help=describe(config_field))
+            continue
+        target.add_argument(flag, type=kind, default=default, choices=meta["choices"] or None,
+                            help=describe(config_field))  # fmt: skip
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train a model on a text",
-        description="Train a character-level model; checkpoints go to --out.",
+        description=(
+            "Train a character-level model; checkpoints go to --out. With --resume the same "
+            "command can be run again after any interruption: it continues the run, starts it if "
+            "nothing was saved yet, and leaves a finished run as it is."
+        ),
         epilog=_examples(
             "char-rnn train --max-time 300 --out runs/shakespeare",
             "char-rnn train --preset tutorial --epochs 30 --out runs/tutorial",
@@ -45,75 +77,16 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = p.add_argument_group("data")
-    data.add_argument("--data", help="text file, folder of text files, or 'shakespeare' (default)")
-    data.add_argument("--encoding", help="encoding of the text files (default utf-8)")
-    data.add_argument("--val-fraction", type=float, help="last fraction held out (default 0.1)")
-    data.add_argument("--batching", choices=BATCHINGS, help="stateful streams (default) or shuffle")
-    data.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
-    data.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
-    model = p.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
-    model.add_argument("--cell", choices=CELLS, help="recurrent cell (default lstm)")
-    model.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
-    model.add_argument("--units", type=int, help="hidden units per layer (default 512)")
-    model.add_argument("--layers", type=int, help="stacked recurrent layers (default 2)")
-    model.add_argument(
-        "--dropout",
-        type=float,
-        help="dropout on the embedding, between layers and before the output (default 0.1)",
-    )
-    model.add_argument(
-        "--weight-drop",
-        type=float,
-        help="fraction of the recurrent weights dropped in each training batch (default 0)",
-    )
-    opt = p.add_argument_group("optimization")
-    opt.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
-    opt.add_argument("--lr-schedule", choices=SCHEDULES, help="cosine (default) or constant")
-    opt.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 100)")
-    opt.add_argument("--min-lr-fraction", type=float, help="cosine floor, fraction of --lr")
-    opt.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
-    opt.add_argument(
-        "--ema-decay",
-        type=float,
-        help="validate and keep as best a moving average of the weights with this decay (default 0: off)",
-    )
-    opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 5)")
-    opt.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
-    opt.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    opt.add_argument("--seed", type=int, help="random seed (default 0)")
-    stop = p.add_argument_group("stopping and checkpoints")
-    stop.add_argument("--out", help="run folder (default runs/latest)")
-    stop.add_argument("--resume", action="store_true", default=None, help="continue the run")
-    stop.add_argument(
-        "--epochs", type=int, help="epochs to train (default: enough for 2,000 steps, at least one)"
-    )
-    stop.add_argument("--max-steps", type=int, help="stop at this total step count")
-    stop.add_argument("--max-time", type=float, help="stop after this many seconds")
-    stop.add_argument("--patience", type=int, help="stop after N epochs without a better val loss")
-    stop.add_argument(
-        "--val-max-chars", type=int, help="validation during training reads at most this much (default 1e6)"
-    )
-    stop.add_argument("--log-every", type=int, help="log every N steps (default 100)")
-    stop.add_argument("--eval-every-steps", type=int, help="validate every N steps too")
-    stop.add_argument("--checkpoint-every-epochs", type=int, help="default 5")
-    stop.add_argument("--checkpoint-every-steps", type=int, help="also every N steps")
-    stop.add_argument("--keep-last", type=int, help="complete checkpoints to keep (default 3)")
-    stop.add_argument("--on-nonfinite", choices=ON_NONFINITE,
-                      help="a NaN/inf loss or gradient: stop (default) or skip that step")  # fmt: skip
-    stop.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
+    _add_config_flags(p.add_argument_group("model"), ModelConfig)
+    _add_config_flags(p, TrainConfig)
     p.set_defaults(handler=cmd_train)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
-    p.add_argument("--start", default="\n", help="text to start from (default a newline)")
-    p.add_argument("--length", type=int, default=1000, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
-    p.add_argument("--top-k", type=int, help="sample among the k likeliest characters")
-    p.add_argument("--top-p", type=float, help="sample from the smallest set holding p of the mass")
-    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    _add_config_flags(p, SampleConfig, ("start", "length", "temperature", "top_k", "top_p", "seed"),
+                      given_only=False)  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
@@ -297,13 +270,8 @@ def _add_bench_train(benches: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
-    p.add_argument("--cell", choices=CELLS, help="recurrent cell (default lstm)")
-    p.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
-    p.add_argument("--units", type=int, help="hidden units per layer (default 512)")
-    p.add_argument("--layers", type=int, help="stacked recurrent layers (default 2)")
-    p.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
-    p.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
-    p.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
+    _add_config_flags(p, ModelConfig, BENCH_TRAIN_FLAGS)
+    _add_config_flags(p, TrainConfig, BENCH_TRAIN_FLAGS)
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--rnn", choices=("fused", "torch"), default="fused",
@@ -358,13 +326,8 @@ def build_parser() -> Parser:
 
 # ---- commands ------------------------------------------------------------------------
 
-TRAIN_FLAGS = (
-    "data", "encoding", "val_fraction", "batching", "batch_size", "seq_length", "cell",
-    "embedding_dim", "units", "layers", "dropout", "weight_drop", "lr", "lr_schedule", "warmup_steps",
-    "min_lr_fraction", "weight_decay", "ema_decay", "grad_clip", "precision", "device", "seed", "out",
-    "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps", "val_max_chars",
-    "checkpoint_every_epochs", "checkpoint_every_steps", "keep_last", "on_nonfinite", "quiet",
-)  # fmt: skip
+# What `bench train` varies: the model's shape, the batch and the precision.
+BENCH_TRAIN_FLAGS = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -374,7 +337,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     follower = launched_rank() > 0  # under torchrun, rank 0 speaks for every process
     if follower:
         logging.getLogger("char_rnn").setLevel(logging.WARNING)
-    options = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    options = {name: getattr(args, name) for name in field_names(ModelConfig) | field_names(TrainConfig)
+               if hasattr(args, name)}  # fmt: skip
     result = train_run(preset=args.preset, **options)
     summary = f"run {result.run}: step {result.step}, stopped by {result.stopped}"
     if result.already_complete:
@@ -542,8 +506,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be positive and --warmup non-negative")
-    names = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
-    model_config, train_config = build_configs(args.preset, **{n: getattr(args, n) for n in names})
+    options = {name: getattr(args, name) for name in BENCH_TRAIN_FLAGS}
+    model_config, train_config = build_configs(args.preset, **options)
     model_config = with_vocab(model_config, 65)  # tiny Shakespeare's vocabulary
     import torch
 

@@ -8,7 +8,7 @@ that override the defaults, and flags given beside a preset override it in turn.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import UsageError
@@ -18,6 +18,24 @@ BATCHINGS = ("stateful", "shuffle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 ON_NONFINITE = ("stop", "skip")
+# The groups of `char-rnn train --help`.
+DATA, OPTIMIZATION, STOPPING = "data", "optimization", "stopping and checkpoints"
+
+
+def option(
+    default: Any, help: str, *, group: str = "", choices: tuple[str, ...] = (), shown: str = ""
+) -> Any:
+    """A config field with what the CLI says of it: its help text, its group of flags, its
+    choices, and how its default reads where the value itself does not tell (`shown`)."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "shown": shown})
+
+
+def describe(config_field: Field) -> str:
+    """A field's help text with its default, as `char-rnn COMMAND --help` shows it."""
+    meta = config_field.metadata
+    default = config_field.default
+    shown = meta.get("shown") or (repr(default) if isinstance(default, str) else f"{default:,}".rstrip())
+    return f"{meta['help']} (default: {shown})" if shown.strip() else meta["help"]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -43,14 +61,14 @@ class ModelConfig:
     vocab_size: int = 0
     # The defaults were chosen by measurement: the best validation loss on Shakespeare after
     # 10 minutes on a 2-core CPU (README, Results). The seed's model is `--preset tutorial`.
-    embedding_dim: int = 256
-    units: int = 512
-    layers: int = 2
-    cell: str = "lstm"
-    dropout: float = 0.1
+    embedding_dim: int = option(256, "embedding size")
+    units: int = option(512, "hidden units per layer")
+    layers: int = option(2, "stacked recurrent layers")
+    cell: str = option("lstm", "recurrent cell", choices=CELLS)
+    dropout: float = option(0.1, "dropout on the embedding, between layers and before the output")
     # DropConnect on the recurrent weights: each training batch zeroes this fraction of
     # the hidden-to-hidden weights (one mask for all its time steps and sequences).
-    weight_drop: float = 0.0
+    weight_drop: float = option(0.0, "fraction of the recurrent weights dropped in each training batch")
 
     def __post_init__(self) -> None:
         _require(
@@ -71,38 +89,70 @@ class ModelConfig:
 class TrainConfig:
     """How to train: data, batches, optimizer, stopping, checkpoints."""
 
-    data: str = "shakespeare"
-    out: str = "runs/latest"
-    encoding: str = "utf-8"
-    val_fraction: float = 0.1
-    batching: str = "stateful"
-    batch_size: int = 64
-    seq_length: int = 100
-    lr: float = 3e-3
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 100
-    min_lr_fraction: float = 0.1
-    weight_decay: float = 0.0
+    data: str = option("shakespeare", "text file, folder of text files, or 'shakespeare'", group=DATA)
+    out: str = option("runs/latest", "run folder", group=STOPPING)
+    encoding: str = option("utf-8", "encoding of the text files", group=DATA)
+    val_fraction: float = option(0.1, "last fraction of the text held out for validation", group=DATA)
+    batching: str = option("stateful", "stateful streams or shuffled windows", group=DATA, choices=BATCHINGS)
+    batch_size: int = option(64, "sequences per batch", group=DATA)
+    seq_length: int = option(100, "characters per sequence", group=DATA)
+    lr: float = option(3e-3, "Adam learning rate", group=OPTIMIZATION)
+    lr_schedule: str = option(
+        "cosine", "learning-rate schedule after warmup", group=OPTIMIZATION, choices=SCHEDULES
+    )
+    warmup_steps: int = option(100, "linear warmup steps", group=OPTIMIZATION)
+    min_lr_fraction: float = option(0.1, "the cosine's floor, as a fraction of lr", group=OPTIMIZATION)
+    weight_decay: float = option(0.0, "Adam weight decay", group=OPTIMIZATION)
     # Validation and best.safetensors use an exponential moving average of the weights with
-    # this decay (ema.py); 0 turns it off.
-    ema_decay: float = 0.0
-    grad_clip: float = 5.0
-    epochs: int | None = None  # None: enough epochs for AUTO_STEPS optimizer steps (train.py)
-    max_steps: int | None = None
-    max_time: float | None = None
-    patience: int | None = None
-    seed: int = 0
-    log_every: int = 100
-    eval_every_steps: int | None = None  # None: at epoch ends (and every 1,000 steps in long ones)
-    val_max_chars: int = 1_000_000  # validation during training reads at most this much
-    checkpoint_every_epochs: int = 5
-    checkpoint_every_steps: int | None = None
-    keep_last: int = 3  # complete checkpoints kept; older ones are pruned
-    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop, or skip the step
-    precision: str = "auto"
-    device: str = "auto"
-    resume: bool = False
-    quiet: bool = False
+    # this decay (average.py); 0 turns it off.
+    ema_decay: float = option(
+        0.0,
+        "validate and keep as best a moving average of the weights with this decay",
+        group=OPTIMIZATION,
+        shown="0: off",
+    )
+    grad_clip: float = option(5.0, "gradient norm clip", group=OPTIMIZATION)
+    epochs: int | None = option(
+        None, "epochs to train", group=STOPPING, shown="enough for 2,000 steps, at least one"
+    )
+    max_steps: int | None = option(None, "stop at this total step count", group=STOPPING, shown="none")
+    max_time: float | None = option(
+        None, "stop after this many seconds of training, counted across resumes", group=STOPPING, shown="none"
+    )
+    patience: int | None = option(
+        None, "stop after this many epochs without a better validation loss", group=STOPPING, shown="none"
+    )
+    seed: int = option(0, "random seed", group=OPTIMIZATION)
+    log_every: int = option(100, "log every this many steps", group=STOPPING)
+    eval_every_steps: int | None = option(
+        None,
+        "also validate every this many steps",
+        group=STOPPING,
+        shown="at epoch ends, and every 1,000 steps in long epochs",
+    )
+    val_max_chars: int = option(
+        1_000_000, "validation during training reads at most this much", group=STOPPING
+    )
+    checkpoint_every_epochs: int = option(5, "checkpoint every this many epochs", group=STOPPING)
+    checkpoint_every_steps: int | None = option(
+        None,
+        "also checkpoint every this many steps",
+        group=STOPPING,
+        shown="every 1,000 steps in long epochs",
+    )
+    keep_last: int = option(3, "complete checkpoints kept; older ones are pruned", group=STOPPING)
+    on_nonfinite: str = option(
+        "stop", "a NaN/inf loss or gradient: stop, or skip that step", group=STOPPING, choices=ON_NONFINITE
+    )
+    precision: str = option("auto", "autocast dtype", group=OPTIMIZATION, choices=PRECISIONS)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", group=OPTIMIZATION)
+    resume: bool = option(
+        False,
+        "continue the run in the run folder; with nothing saved there yet, start it",
+        group=STOPPING,
+        shown=" ",
+    )
+    quiet: bool = option(False, "no progress output", group=STOPPING, shown=" ")
 
     def __post_init__(self) -> None:
         _require(bool(self.data), "data must name a file, a folder or 'shakespeare'")
@@ -117,8 +167,13 @@ class TrainConfig:
             f"batching must be one of {', '.join(BATCHINGS)}, got {self.batching!r}",
         )
         positive = (
-            "batch_size", "seq_length", "log_every", "checkpoint_every_epochs", "keep_last", "val_max_chars",
-        )  # fmt: skip
+            "batch_size",
+            "seq_length",
+            "log_every",
+            "checkpoint_every_epochs",
+            "keep_last",
+            "val_max_chars",
+        )
         for name in positive:
             _positive_int(name, getattr(self, name))
         for name in ("epochs", "max_steps", "patience", "eval_every_steps", "checkpoint_every_steps"):
@@ -164,13 +219,13 @@ class TrainConfig:
 class SampleConfig:
     """How to draw text from a model."""
 
-    start: str = "\n"
-    length: int = 1000
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    num_samples: int = 1
+    start: str = option("\n", "text to start from", shown="a newline")
+    length: int = option(1000, "characters to generate")
+    temperature: float = option(1.0, "0 is greedy")
+    top_k: int | None = option(None, "sample among the k likeliest characters", shown="all")
+    top_p: float | None = option(None, "sample from the smallest set holding p of the mass", shown="1")
+    seed: int | None = option(None, "the same seed gives the same text", shown="random")
+    num_samples: int = option(1, "texts to generate together")
 
     def __post_init__(self) -> None:
         _require(isinstance(self.start, str) and self.start != "", "start must be a non-empty string")
