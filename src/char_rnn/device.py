@@ -20,7 +20,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+        raise UsageError(f"device {name!r} was asked for, but no CUDA GPU is available")
     return device
 
 

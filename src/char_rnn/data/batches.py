@@ -28,7 +28,7 @@ def _too_short(n_chars: int, need: int, how: str) -> CharRNNError:
     return CharRNNError(
         f"the training text has {n_chars} characters, too few for one batch "
         f"({how}, at least {need} characters); use a longer corpus or a smaller "
-        "--batch-size / --seq-length"
+        "batch_size / seq_length"
     )
 
 

@@ -32,7 +32,7 @@ def check_finite(model: torch.nn.Module, what: str) -> None:
     if bad:
         raise CharRNNError(
             f"the weights are no longer finite ({', '.join(bad[:3])}); {what} was not written. "
-            "Lower --lr or --grad-clip and resume from the last checkpoint"
+            "Lower lr or grad_clip and resume from the last checkpoint"
         )
 
 

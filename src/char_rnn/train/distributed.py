@@ -5,7 +5,7 @@ them (or with a world of one) training is the plain single-process loop and noth
 here touches torch.distributed. With them, the processes join one group (gloo on the
 CPU, NCCL on CUDA, one GPU per process) and:
 
-- every rank reads its own share of each global batch of world x --batch-size
+- every rank reads its own share of each global batch of world x batch_size
   sequences (batches.py) and carries its own hidden state; states never travel;
 - DistributedDataParallel averages the gradients, so the weights stay identical;
 - each step's loss is averaged and every stop decision (a signal, --max-time) is
