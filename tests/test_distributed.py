@@ -60,7 +60,6 @@ def test_two_processes_train_resume_with_two_and_one_and_generate(small_corpus, 
         ["config.json", "model.safetensors", "best.safetensors", "metrics.jsonl", "checkpoints", "curves.png"]
     )
     saved = parse_trainer(RunFolder(run).latest_checkpoint() / "trainer.safetensors")
-    assert saved.counters["global_batch"] == 16
     assert saved.hidden[0].shape == (1, 16, 48)  # both ranks' streams, gathered
 
     # Resume with the same 2 processes: an exact continuation (same global batch) ...

@@ -28,6 +28,7 @@ from char_rnn.run.checkpoint import parse_trainer
 from char_rnn.run.folder import RunFolder
 from char_rnn.run.storage import read_tensors
 from char_rnn.train.loop import train
+from char_rnn.train.state import TrainingState
 
 # Two epochs of about 28 steps each, a checkpoint every two steps, validation every 10:
 # every kind of write (checkpoint, model.safetensors, best.safetensors, pruning) is frequent.
@@ -285,9 +286,9 @@ def test_skip_mode_skips_nonfinite_steps_and_never_saves_a_nan(small_corpus, tmp
     assert result.step == 12
     run = RunFolder(tmp_path / "skip")
     newest = run.latest_checkpoint()
-    counters = parse_trainer(newest / "trainer.safetensors").counters
-    assert counters["skipped_steps"] >= 10
-    assert all(math.isfinite(v) for v in counters.values() if isinstance(v, float))
+    state = TrainingState.from_json(parse_trainer(newest / "trainer.safetensors").counters)
+    assert state.skipped_steps >= 10 and state.step == 12
+    assert math.isfinite(state.epoch_loss_sum)
     for path in (newest / "model.safetensors", run.path / "model.safetensors"):
         assert _all_finite(path)
     assert json.loads((newest / "manifest.json").read_text())["step"] == 12
