@@ -320,9 +320,16 @@ class _LSTMLayer(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             d_w_hh = torch.mm(dg_all.t(), hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
         return (
-            d_x, dh0.to(h0_dtype), dc0.to(c0_dtype), d_w_ih, d_w_hh,
-            d_b.to(b_ih_dtype), d_b.to(b_hh_dtype), None, None,
-        )  # fmt: skip
+            d_x,
+            dh0.to(h0_dtype),
+            dc0.to(c0_dtype),
+            d_w_ih,
+            d_w_hh,
+            d_b.to(b_ih_dtype),
+            d_b.to(b_hh_dtype),
+            None,
+            None,
+        )
 
 
 def gru_layer(

@@ -91,8 +91,13 @@ def export_onnx(
     return path
 
 
-def export(run: str | os.PathLike, *, format: str = "onnx", which: str = "latest",
-           out: str | os.PathLike | None = None) -> Path:  # fmt: skip
+def export(
+    run: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    which: str = "latest",
+    out: str | os.PathLike | None = None,
+) -> Path:
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     return export_onnx(run, which=which, out=out)

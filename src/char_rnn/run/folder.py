@@ -219,8 +219,9 @@ class RunFolder:
         """The newest committed checkpoint, checking no more folders than it must."""
         if not self.checkpoints.is_dir():
             return None
-        return next((f for f in sorted(self.checkpoints.glob("step-*"), reverse=True) if self.is_complete(f)),
-                    None)  # fmt: skip
+        return next(
+            (f for f in sorted(self.checkpoints.glob("step-*"), reverse=True) if self.is_complete(f)), None
+        )
 
     def has_committed_checkpoint(self) -> bool:
         """Whether any checkpoint was ever committed (it may since have been damaged)."""

@@ -221,9 +221,17 @@ class HostGuard:
         host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
         if host not in self.allowed:
             body = json.dumps({"detail": f"host {host!r} is not served here"}).encode()
-            await send({"type": "http.response.start", "status": 403, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                *SECURITY_HEADERS]})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *SECURITY_HEADERS,
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
 
@@ -362,8 +370,12 @@ def create_app(engine: Any, config: ServerConfig, port: int, *, description: str
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        guarded = CORSMiddleware(guarded, allow_origins=list(config.cors_origins),
-                                 allow_methods=["GET", "POST"], allow_headers=["content-type"])  # fmt: skip
+        guarded = CORSMiddleware(
+            guarded,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type"],
+        )
     return HostGuard(guarded, allowed_host_headers(config, port))
 
 
@@ -391,8 +403,14 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{_host_header_name(host)}:{port}/"
 
 
-def serve(engine: Any, config: ServerConfig, *, description: str = "", access_log: bool = True,
-          on_ready: Callable[[str], None] | None = None) -> None:  # fmt: skip
+def serve(
+    engine: Any,
+    config: ServerConfig,
+    *,
+    description: str = "",
+    access_log: bool = True,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM. `on_ready(url)` is called once the socket is listening."""
     import uvicorn
 
@@ -401,7 +419,7 @@ def serve(engine: Any, config: ServerConfig, *, description: str = "", access_lo
     server = uvicorn.Server(
         uvicorn.Config(
             app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off", server_header=False
-        )  # fmt: skip
+        )
     )
     # uvicorn set its loggers to log_level above; the request log is one line a request.
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else logging.WARNING)

@@ -99,9 +99,14 @@ class _Trainer:
         self.train_ids, val_ids = self.corpus.split(config.val_fraction)
         self.config = config = fit_to_text(config, len(self.train_ids), processes.world_size)
         self.batches = make_batches(
-            self.train_ids, config.batching, config.batch_size, config.seq_length, config.seed,
-            processes.rank, processes.world_size,
-        )  # fmt: skip
+            self.train_ids,
+            config.batching,
+            config.batch_size,
+            config.seq_length,
+            config.seed,
+            processes.rank,
+            processes.world_size,
+        )
         val_ids = val_ids[: config.val_max_chars]
         self.val_ids = val_ids if len(val_ids) >= 2 else val_ids[:0]
 
@@ -167,8 +172,9 @@ class _Trainer:
         if self.stop_reason() is None:
             # Record the options this invocation resumed with (e.g. a new max_steps), and
             # forget what a killed invocation logged after the checkpoint: it is redone.
-            self.run.write_config({**plan.saved.payload, **run_config(self.model_config, self.config,
-                                                                        self.corpus)})  # fmt: skip
+            self.run.write_config(
+                {**plan.saved.payload, **run_config(self.model_config, self.config, self.corpus)}
+            )
             self.run.forget_metrics_after(self.state.step)
         log.info("resumed from %s (step %d, epoch %d)", folder.name, self.state.step, self.state.epoch + 1)
 
@@ -195,8 +201,13 @@ class _Trainer:
         if saved == (self.global_batch, per_epoch):
             return self.processes.own_streams(hidden, self.config.batch_size) if hidden else []
         state.batch = state.batch * per_epoch // max(saved[1], 1)
-        log.info("the global batch changed from %d to %d: resuming at batch %d of %d with a "
-                 "fresh hidden state", saved[0], self.global_batch, state.batch + 1, per_epoch)  # fmt: skip
+        log.info(
+            "the global batch changed from %d to %d: resuming at batch %d of %d with a fresh hidden state",
+            saved[0],
+            self.global_batch,
+            state.batch + 1,
+            per_epoch,
+        )
         return []
 
     # ---- the phases ----
@@ -349,10 +360,15 @@ def _train(trainer: _Trainer) -> TrainResult:
     per_epoch = trainer.batches.batches_per_epoch
     log.info(
         "training %s %d x %d (%s parameters) on %d characters, %d batches an epoch, %s %s",
-        config.batching, config.batch_size, config.seq_length,
-        f"{trainer.model.num_parameters():,}", len(trainer.train_ids), per_epoch,
-        trainer.device.type, str(trainer.dtype).replace("torch.", ""),
-    )  # fmt: skip
+        config.batching,
+        config.batch_size,
+        config.seq_length,
+        f"{trainer.model.num_parameters():,}",
+        len(trainer.train_ids),
+        per_epoch,
+        trainer.device.type,
+        str(trainer.dtype).replace("torch.", ""),
+    )
     progress = _progress_bar(config, trainer.total_steps, state.step)
     window = _SpeedWindow(trainer.global_batch * config.seq_length)
     clock = _Clock(state)
@@ -360,8 +376,15 @@ def _train(trainer: _Trainer) -> TrainResult:
 
     def record(kind: str, **figures: Any) -> None:
         clock.tick()
-        run.append_metrics({"kind": kind, "step": state.step, "epoch": state.epoch + 1,
-                            "time": round(state.elapsed, 3), **figures})  # fmt: skip
+        run.append_metrics(
+            {
+                "kind": kind,
+                "step": state.step,
+                "epoch": state.epoch + 1,
+                "time": round(state.elapsed, 3),
+                **figures,
+            }
+        )
 
     def validate() -> tuple[EvalResult | None, bool]:
         result, better = trainer.validate()
@@ -392,8 +415,11 @@ def _train(trainer: _Trainer) -> TrainResult:
                     mean, speed = window.close()
                     lr = trainer.optimizer.param_groups[0]["lr"]
                     record("train", loss=mean, lr=lr, chars_per_s=round(speed, 1))
-                    _say(progress, f"step {state.step}: loss {mean:.4f} ({mean / math.log(2):.3f} bpc), "
-                                   f"{speed:,.0f} chars/s")  # fmt: skip
+                    _say(
+                        progress,
+                        f"step {state.step}: loss {mean:.4f} ({mean / math.log(2):.3f} bpc), "
+                        f"{speed:,.0f} chars/s",
+                    )
                 if config.eval_every_steps and state.step % config.eval_every_steps == 0:
                     val, improved = validate()
                     if val is not None:
@@ -406,8 +432,11 @@ def _train(trainer: _Trainer) -> TrainResult:
                 train_loss = trainer.epoch_train_loss
                 record("epoch_train", train_loss=train_loss, train_bpc=train_loss / math.log(2))
                 trainer.end_epoch(val, improved)
-                _say(progress, f"epoch {state.epoch}: train loss {train_loss:.4f} "
-                               f"({train_loss / math.log(2):.3f} bpc)" + _val_text(val))  # fmt: skip
+                _say(
+                    progress,
+                    f"epoch {state.epoch}: train loss {train_loss:.4f} "
+                    f"({train_loss / math.log(2):.3f} bpc)" + _val_text(val),
+                )
             # ---- checkpoint (the final one is written at the stop) ----
             every_steps = config.checkpoint_every_steps
             due = (epoch_ended and state.epoch % config.checkpoint_every_epochs == 0) or (
@@ -422,19 +451,36 @@ def _train(trainer: _Trainer) -> TrainResult:
             val, _ = validate()
         record("stop", reason=stopped)
         trainer.checkpoint()
-    log.info("stopped (%s) at step %d, epoch %d; checkpoint in %s", stopped, state.step,
-             state.epoch + (state.batch > 0), run.path)  # fmt: skip
+    log.info(
+        "stopped (%s) at step %d, epoch %d; checkpoint in %s",
+        stopped,
+        state.step,
+        state.epoch + (state.batch > 0),
+        run.path,
+    )
     if trainer.processes.is_main:
         _draw_curves(run)
     return _result(trainer, stopped, last_loss, val)
 
 
-def _result(trainer: _Trainer, stopped: str, train_loss: float | None, val: EvalResult | None,
-            already_complete: bool = False) -> TrainResult:  # fmt: skip
+def _result(
+    trainer: _Trainer,
+    stopped: str,
+    train_loss: float | None,
+    val: EvalResult | None,
+    already_complete: bool = False,
+) -> TrainResult:
     state = trainer.state
-    return TrainResult(run=trainer.run.path, step=state.step, epoch=state.epoch, stopped=stopped,
-                       train_loss=train_loss, val=val, best_val_loss=state.best_val_loss,
-                       already_complete=already_complete)  # fmt: skip
+    return TrainResult(
+        run=trainer.run.path,
+        step=state.step,
+        epoch=state.epoch,
+        stopped=stopped,
+        train_loss=train_loss,
+        val=val,
+        best_val_loss=state.best_val_loss,
+        already_complete=already_complete,
+    )
 
 
 class _Clock:
@@ -487,8 +533,7 @@ def _progress_bar(config: TrainConfig, total: int, initial: int):
     from tqdm import tqdm
 
     show = not config.quiet and sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True,
-                leave=False)  # fmt: skip
+    return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True, leave=False)
 
 
 def _say(progress, message: str) -> None:

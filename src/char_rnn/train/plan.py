@@ -142,8 +142,10 @@ def fit_to_text(config: TrainConfig, n_chars: int, world_size: int = 1) -> Train
     if batch != config.batch_size:
         log.warning(
             "the training text (%d characters) is short for a batch of %d; training with %d",
-            n_chars, config.batch_size, batch,
-        )  # fmt: skip
+            n_chars,
+            config.batch_size,
+            batch,
+        )
     per_epoch = max(batches_per_epoch(n_chars, config.batching, batch, config.seq_length, world_size), 1)
     long_epoch = n_chars > LONG_EPOCH_CHARS
     return replace(
