@@ -73,9 +73,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
-    from char_rnn.data.corpus import read_text
+    from char_rnn.data.corpus import shakespeare_path
 
-    seed_text, _ = read_text("shakespeare")
+    seed_text = shakespeare_path().read_text(encoding="utf-8")
     work = Path(tempfile.mkdtemp(prefix="char-rnn-bench-"))
     env = {**os.environ, "CHAR_RNN_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     try:

@@ -42,6 +42,32 @@ def test_evaluate_text(model, shakespeare_text):
     assert result.chars == 4999 and 1.0 < result.loss < 4.2
 
 
+def test_evaluate_file_reads_the_split_training_made(model, shakespeare_text):
+    val = model.evaluate_file()  # the run's own corpus, its last tenth
+    assert val.what.startswith("val text of ") and val.chars == 2_999
+    assert val.loss == pytest.approx(model.evaluate(shakespeare_text[27_000:30_000]).loss, rel=1e-5)
+    corpus = model.run_config["corpus"]["source"]
+    whole = model.evaluate_file(corpus, window=256)
+    assert whole.split == "all" and whole.chars == 29_999
+    assert set(whole.as_dict()) == {"loss", "bpc", "perplexity", "chars", "window_256_loss"}
+    assert model.evaluate_file(corpus, split="train").chars == 26_999
+    with pytest.raises(ValueError, match="split must be one of all, train, val"):
+        model.evaluate_file(split="test")
+
+
+def test_evaluate_file_on_a_text_with_fewer_characters(model, tmp_path, shakespeare_text):
+    """Another text's ids are the model's, translated slice by slice from its memory map."""
+    text = "".join(c for c in shakespeare_text[:5_000] if c not in "aeiou")
+    path = tmp_path / "no_vowels.txt"
+    path.write_text(text)
+    result = model.evaluate_file(path)
+    assert result.chars == len(text) - 1
+    assert result.loss == pytest.approx(model.evaluate(text).loss, rel=1e-5)
+    path.write_text(text + "Ω")
+    with pytest.raises(CharRNNError, match=r"1 character\(s\) not in this model's vocabulary.*'Ω'"):
+        model.evaluate_file(path)
+
+
 def test_unknown_characters_raise(model):
     with pytest.raises(CharRNNError, match="vocabulary"):
         model.generate("Ω")

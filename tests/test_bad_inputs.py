@@ -256,25 +256,24 @@ def test_torch_load_is_never_used_without_weights_only():
 # ---- encodings --------------------------------------------------------------------------------
 
 
-def test_a_utf8_byte_order_mark_is_dropped_in_every_reader(tmp_path):
-    from char_rnn.data.corpus import load_corpus, read_text
+def test_a_utf8_byte_order_mark_is_dropped(tmp_path):
+    from char_rnn.data.corpus import load_corpus
 
     path = tmp_path / "bom.txt"
     path.write_bytes(codecs.BOM_UTF8 + "café au lait\n".encode() * 20)
-    text, _ = read_text(str(path))
-    assert text.startswith("café")
-    assert "\ufeff" not in load_corpus(str(path)).vocab.chars
+    corpus = load_corpus(str(path))
+    assert "\ufeff" not in corpus.vocab.chars
+    assert corpus.vocab.decode(corpus.ids[:4]) == "café"
 
 
 def test_an_invalid_byte_is_reported_at_its_offset_in_the_file(tmp_path):
-    from char_rnn.data.corpus import load_corpus, read_text
+    from char_rnn.data.corpus import load_corpus
     from char_rnn.errors import CharRNNError
 
     path = tmp_path / "bad.txt"
     path.write_bytes(codecs.BOM_UTF8 + b"abc\xffdef")
-    for read in (read_text, load_corpus):
-        with pytest.raises(CharRNNError, match=r"byte offset 6 \(0xff\).*--encoding"):
-            read(str(path))
+    with pytest.raises(CharRNNError, match=r"byte offset 6 \(0xff\).*--encoding"):
+        load_corpus(str(path))
 
 
 def test_the_locale_encoding_is_never_used(workspace, tmp_path):

@@ -1,6 +1,7 @@
 """The CLI through real subprocesses, as a user types it."""
 
 import json
+import re
 
 import pytest
 from conftest import TINY_FLAGS, run_cli
@@ -61,9 +62,18 @@ def test_eval_json_figures(trained_run):
 
 
 def test_eval_defaults_to_the_runs_validation_text(trained_run):
-    run, _, _ = trained_run
+    run, corpus, _ = trained_run
     done = run_cli("eval", run, "--json")
-    assert json.loads(done.stdout)["chars"] == 2_999
+    figures = json.loads(done.stdout)
+    assert figures["chars"] == 2_999
+    assert json.loads(run_cli("eval", run, "--data", corpus, "--split", "val", "--json").stdout) == figures
+    text = run_cli("eval", run, "--window", "100")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert re.fullmatch(r"val text of .*small\.txt: 2,999 characters", lines[0]), lines
+    assert re.fullmatch(r"loss \d\.\d{4} nats/char, \d\.\d{4} bits/char, perplexity \d+\.\d{3}", lines[1])
+    assert re.fullmatch(r"loss over independent 100-character windows: \d\.\d{4}", lines[2])
+    assert len(lines) == 3
 
 
 def test_resume_continues_to_a_larger_total(trained_run, tmp_path):

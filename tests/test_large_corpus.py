@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from char_rnn.data.batches import ShuffledBatches, StatefulBatches
-from char_rnn.data.corpus import load_corpus, read_text, text_sha256
-from char_rnn.data.encoded import CACHE_ENV, cache_folder, encode_files
+from char_rnn.data.corpus import load_corpus
+from char_rnn.data.encoded import CACHE_ENV, cache_folder, encode_text
+from char_rnn.data.text import TextFiles
 from char_rnn.data.vocab import Vocab
 from char_rnn.errors import CharRNNError
 
@@ -17,7 +18,11 @@ MIXED = "naïve café — “quoted” 東京 😀 end\n"
 
 
 def _encode(path, chunk_bytes, encoding="utf-8"):
-    return encode_files([path], encoding, join_lines=False, source=str(path), chunk_bytes=chunk_bytes)
+    return encode_text(TextFiles([path], encoding, str(path), join_lines=False), chunk_bytes=chunk_bytes)
+
+
+def text_sha256(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _cached_ids_files():
@@ -74,8 +79,7 @@ def test_a_folder_streams_like_the_joined_text(tmp_path):
     (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
     (tmp_path / "c.txt").write_text("", encoding="utf-8")
     (tmp_path / "d.txt").write_text("ünter", encoding="utf-8")
-    text, _ = read_text(str(tmp_path))
-    assert text == "first\nsecond — no newline\nünter\n"
+    text = "first\nsecond — no newline\nünter\n"
     corpus = load_corpus(str(tmp_path))
     np.testing.assert_array_equal(corpus.ids, Vocab.from_text(text).encode(text))
     assert corpus.sha256 == text_sha256(text)
@@ -93,7 +97,7 @@ def test_invalid_utf8_names_the_byte_offset_across_chunks(tmp_path, chunk_bytes)
     with pytest.raises(CharRNNError, match=r"byte offset 200 \(0xe2\)"):
         _encode(path, chunk_bytes)
     with pytest.raises(CharRNNError, match=r"byte offset 200 \(0xe2\)"):
-        read_text(str(path))
+        load_corpus(str(path))
 
 
 def test_other_encodings_stream_too(tmp_path):

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig, SampleConfig
-from .data.corpus import read_text
+from .data.corpus import load_corpus
 from .data.vocab import Vocab
 from .device import resolve_device
-from .errors import CharRNNError, UsageError
-from .evaluate import EvalResult, evaluate, evaluate_windows
-from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine
+from .errors import CharRNNError
+from .evaluate import CorpusEval, EvalResult, evaluate, evaluate_corpus, evaluate_windows
+from .generate import DEFAULT_ENGINE, engine_stream
 from .generate.beam import BeamResult, beam_search
+from .generate.sampling import generate
 from .model.network import CharRNNModel
 from .run.checkpoint import load_weights
 from .run.folder import RunFolder
@@ -31,24 +32,16 @@ from .train.plan import plan_training
 
 
 class CharRNN:
-    """A model loaded from a run folder, with the engine that generates from it."""
+    """A model loaded from a run folder."""
 
     def __init__(
-        self,
-        model: CharRNNModel,
-        vocab: Vocab,
-        run_config: dict[str, Any],
-        engine: str = DEFAULT_ENGINE,
-        *,
-        run: str | os.PathLike | None = None,
-        which: str = "latest",
+        self, model: CharRNNModel, vocab: Vocab, run_config: dict[str, Any], engine: str = DEFAULT_ENGINE
     ):
         self.model = model
         self.vocab = vocab
         self.run_config = run_config
-        # How stream/generate run the model (see char_rnn.generate); an engine that reads a
-        # file of its own, as onnx does, finds it in `run`.
-        self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
+        self.engine = engine  # how stream/generate run the model: see char_rnn.engine
+        self._stream = engine_stream(engine)
 
     @classmethod
     def load(
@@ -62,17 +55,14 @@ class CharRNN:
         """Load the newest weights of a run folder (`which="best"` for the best ones).
 
         `engine="fast"` (the default) generates through a compiled loop with int8 weights
-        on the CPU; `engine="reference"` calls the model once per character;
-        `engine="onnx"` runs the run's exported model.onnx in onnxruntime (CPU only).
-        Beam search and evaluation use the model itself whatever the engine."""
-        if engine_kind(engine).cpu_only and device != "cpu":  # before the weights load
-            raise UsageError(f"the {engine} engine runs on the CPU only; use device cpu, not {device!r}")
+        on the CPU; `engine="reference"` calls the model once per character."""
+        engine_stream(engine)  # an unknown engine fails before the weights load
         folder = RunFolder(run)
         saved = folder.open()
         model = CharRNNModel(saved.model)
         load_weights(model, folder.weights_path(which))
         model.to(resolve_device(device)).eval()
-        return cls(model, saved.vocab, saved.payload, engine, run=folder.path, which=which)
+        return cls(model, saved.vocab, saved.payload, engine)
 
     @classmethod
     def train(cls, preset: str | None = None, **options: Any) -> CharRNN:
@@ -86,12 +76,12 @@ class CharRNN:
 
     def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
         """Yield each step's next character for every sample, as it is generated."""
-        return self.engine.stream(SampleConfig(start=start, **options))
+        return self._stream(self.model, self.vocab, SampleConfig(start=start, **options))
 
     def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
         """The start string plus `length` generated characters; a list when num_samples > 1."""
         config = SampleConfig(start=start, length=length, **options)
-        texts = generate_texts(self.engine, config)
+        texts = generate(self.model, self.vocab, config, self._stream)
         return texts if config.num_samples > 1 else texts[0]
 
     def beam_search(self, start: str = "\n", length: int = 200, beams: int = 4) -> BeamResult:
@@ -111,9 +101,36 @@ class CharRNN:
         """Loss over independent windows, each from a zero state."""
         return evaluate_windows(self.model, self.encode_text(text), window=window)
 
-    def evaluate_file(self, data: str | os.PathLike, encoding: str = "utf-8") -> EvalResult:
-        text, source = read_text(str(data), encoding)
-        return evaluate(self.model, self.encode_text(text, f"evaluation text {source}"))
+    def evaluate_file(
+        self,
+        data: str | os.PathLike | None = None,
+        *,
+        split: str | None = None,
+        window: int = 0,
+        encoding: str | None = None,
+    ) -> CorpusEval:
+        """Loss on a corpus (file, folder or "shakespeare") read through the same encoded
+        memory map as training. Without `data`: the run's own corpus and, unless `split`
+        says otherwise, its validation part; with `data`, all of it. `split` is "all",
+        "train" or "val", cut as training cuts it; `window` > 0 also reports the loss over
+        independent windows of that many characters."""
+        train = self.run_config.get("train", {})
+        own = data is None
+        if own:
+            data = _run_corpus(self.run_config)
+            encoding = encoding or train.get("encoding", "utf-8")
+        corpus = load_corpus(str(data), encoding or "utf-8", vocab=self.vocab)
+        split = split or ("val" if own else "all")
+        val_fraction = float(train.get("val_fraction", 0.1))
+        return evaluate_corpus(self.model, corpus, split=split, val_fraction=val_fraction, window=window)
+
+
+def _run_corpus(run_config: dict[str, Any]) -> str:
+    """The corpus a run was trained on: its resolved path if it is still there, else its name."""
+    source = run_config.get("corpus", {}).get("source")
+    if source and os.path.exists(source):
+        return source
+    return run_config.get("train", {}).get("data", "shakespeare")
 
 
 def train_run(preset: str | None = None, **options: Any) -> TrainResult:

@@ -1,8 +1,9 @@
 """Text in, ids out: a file, a folder of files, or the `shakespeare` download.
 
-Training reads the ids of the whole corpus from an encoded, cached, memory-mapped id
-file (see encoded.py), so that a corpus of many gigabytes never sits in memory;
-`read_text` gives the text itself, for evaluation and sampling on moderate texts.
+Every corpus is read through its encoded, cached, memory-mapped id file (encoded.py,
+which streams the text through text.py), so that a corpus of many gigabytes never sits
+in memory, for training and evaluation alike. The train/validation split is decided
+here, once, for both.
 
 `shakespeare` is looked up in the folder named by CHAR_RNN_DATA, then in the
 user cache, and only then downloaded from the seed tutorial's URL; the download
@@ -11,17 +12,17 @@ is checked against its sha256 before it is used.
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import CharRNNError, UsageError
 from ..run.storage import sha256_file
-from .encoded import binary_error, encode_files, looks_binary, undecodable_error
+from .encoded import encode_text
+from .text import TextFiles, folder_files
 from .vocab import Vocab
 
 SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"
@@ -29,13 +30,36 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 SHAKESPEARE_FILE = "shakespeare.txt"
 DATA_ENV = "CHAR_RNN_DATA"
 URL_ENV = "CHAR_RNN_SHAKESPEARE_URL"  # a mirror of the same file (its sha256 is still checked)
+SPLITS = ("all", "train", "val")
+
+
+class MappedIds:
+    """Ids of one vocabulary read as the ids of another (`table[id]`), translated slice by
+    slice as they are read: a memory-mapped corpus is never copied whole. Slicing gives
+    another view; numpy reads one through `__array__`."""
+
+    def __init__(self, ids: np.ndarray, table: np.ndarray):
+        self.ids = ids
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return MappedIds(self.ids[index], self.table)
+        return self.table[self.ids[index]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        mapped = self.table[np.asarray(self.ids)]
+        return mapped if dtype is None else mapped.astype(dtype, copy=False)
 
 
 @dataclass(frozen=True)
 class Corpus:
     """A whole text as ids, with the vocabulary that encodes it."""
 
-    ids: np.ndarray
+    ids: np.ndarray | MappedIds
     vocab: Vocab
     sha256: str
     source: str
@@ -48,6 +72,16 @@ class Corpus:
         n_val = int(len(self.ids) * val_fraction)
         cut = len(self.ids) - n_val
         return self.ids[:cut], self.ids[cut:]
+
+    def part(self, split: str, val_fraction: float) -> np.ndarray:
+        """The ids of one of SPLITS: "all" of the text, or the "train" or "val" part that
+        `split(val_fraction)` gives training."""
+        if split not in SPLITS:
+            raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if split == "all":
+            return self.ids
+        train, val = self.split(val_fraction)
+        return train if split == "train" else val
 
 
 def shakespeare_path() -> Path:
@@ -91,85 +125,28 @@ def shakespeare_path() -> Path:
         ) from None
 
 
-def decode_bytes(raw: bytes, path: Path, encoding: str) -> str:
-    """Strict decoding, never the locale's; a UTF-8 byte order mark is dropped."""
-    try:
-        skip = len(codecs.BOM_UTF8) if codecs.lookup(encoding).name == "utf-8" and raw.startswith(
-            codecs.BOM_UTF8) else 0  # fmt: skip
-        return raw[skip:].decode(encoding)
-    except LookupError:
-        raise UsageError(f"unknown encoding {encoding!r}") from None
-    except UnicodeDecodeError as error:
-        offset = skip + error.start
-        raise undecodable_error(path, encoding, offset, raw[offset]) from None
-
-
-def read_file(path: Path, encoding: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise CharRNNError(f"cannot read {path}: {error.strerror}") from None
-    if looks_binary(raw, encoding):
-        raise binary_error(path)
-    return decode_bytes(raw, path, encoding)
-
-
-def text_files(folder: Path) -> list[Path]:
-    """Every visible regular file under `folder`, in sorted path order."""
-    files = [
-        p
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    if not files:
-        raise CharRNNError(f"folder {folder} holds no text files")
-    return files
-
-
-@dataclass(frozen=True)
-class CorpusFiles:
-    """The files a corpus is made of, read in this order and with this encoding. A
-    folder's files are joined with a newline after each one that does not end a line."""
-
-    files: list[Path]
-    encoding: str
-    source: str
-    is_folder: bool
-
-
-def corpus_files(data: str, encoding: str = "utf-8") -> CorpusFiles:
+def corpus_files(data: str, encoding: str = "utf-8") -> TextFiles:
+    """The files a corpus name stands for: a file, a folder's files, or `shakespeare`."""
     if data == "shakespeare" and not Path(data).exists():
         path = shakespeare_path()
-        return CorpusFiles([path], "utf-8", str(path), is_folder=False)
+        return TextFiles([path], "utf-8", str(path), join_lines=False)
     path = Path(data).expanduser()
     if path.is_dir():
-        return CorpusFiles(text_files(path), encoding, str(path.resolve()), is_folder=True)
+        return TextFiles(folder_files(path), encoding, str(path.resolve()), join_lines=True)
     if not path.exists():
         raise CharRNNError(f"corpus {data} does not exist (give a text file, a folder, or 'shakespeare')")
-    return CorpusFiles([path], encoding, str(path.resolve()), is_folder=False)
-
-
-def read_text(data: str, encoding: str = "utf-8") -> tuple[str, str]:
-    """The whole corpus as one string, and where it came from."""
-    corpus = corpus_files(data, encoding)
-    parts = [read_file(p, corpus.encoding) for p in corpus.files]
-    if corpus.is_folder:
-        # A file that does not end a line should not run into the next one.
-        parts = [p if p.endswith("\n") or not p else p + "\n" for p in parts]
-    return "".join(parts), corpus.source
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return TextFiles([path], encoding, str(path.resolve()), join_lines=False)
 
 
 def load_corpus(data: str, encoding: str = "utf-8", vocab: Vocab | None = None) -> Corpus:
-    """Encode a corpus (or reuse its cached encoding); with `vocab`, it must use only that
-    vocabulary's characters, and its ids are that vocabulary's (then held in memory)."""
-    where = corpus_files(data, encoding)
-    encoded = encode_files(where.files, where.encoding, join_lines=where.is_folder, source=where.source)
-    ids = encoded.ids
+    """Encode a corpus (or reuse its cached encoding). With `vocab` (a model's), the corpus
+    must use only that vocabulary's characters, and its ids are that vocabulary's: the
+    memory map itself when the vocabularies are equal, else translated as they are read."""
+    text = corpus_files(data, encoding)
+    encoded = encode_text(text)
+    ids: np.ndarray | MappedIds = encoded.ids
     if vocab is not None and vocab != encoded.vocab:
-        vocab.check("".join(encoded.vocab.chars), what=f"corpus {where.source}")
-        ids = vocab.encode("".join(encoded.vocab.chars))[ids]
-    return Corpus(ids=ids, vocab=vocab or encoded.vocab, sha256=encoded.sha256, source=where.source)
+        chars = "".join(encoded.vocab.chars)
+        vocab.check(chars, what=f"corpus {text.source}")
+        ids = MappedIds(encoded.ids, vocab.encode(chars))
+    return Corpus(ids=ids, vocab=vocab or encoded.vocab, sha256=encoded.sha256, source=text.source)

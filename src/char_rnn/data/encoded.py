@@ -1,17 +1,15 @@
 """A corpus encoded once into a file of ids, cached, and read through a memory map.
 
-The text never sits in memory whole: files are read in chunks of a few megabytes and
-decoded incrementally (a character split between two chunks is joined by the
-decoder), in two streaming passes:
+The text never sits in memory whole: it is read as a stream of code points (text.py),
+in two streaming passes:
 
     pass 1  the vocabulary (the set of characters) and the sha256 of the text
     pass 2  the ids, written as uint8 when the vocabulary has at most 256 characters,
             else uint16 or uint32
 
 Reading the text twice costs less than the alternative, provisional ids rewritten once
-the vocabulary is known, which needs the id file twice on disk. A chunk that is pure
-ASCII in an ASCII-compatible encoding is not decoded at all: its bytes are its code
-points. The sha256 is that of the text encoded as UTF-8 (for a UTF-8 file, its bytes).
+the vocabulary is known, which needs the id file twice on disk. The sha256 is that of
+the text encoded as UTF-8 (for a UTF-8 file, its bytes).
 
 The id file lives in a cache folder ($CHAR_RNN_CACHE, else the user cache) under a
 name made of the corpus identity: which files (resolved paths, encoding) and which
@@ -23,7 +21,6 @@ gets a new entry, and the stale entry of the same files is removed. An entry's J
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -33,17 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CharRNNError, UsageError
+from ..errors import CharRNNError
 from ..run.storage import write_atomic_with
+from .text import CHUNK_BYTES, TextFiles, check_encoding
 from .vocab import Vocab
 
 CACHE_ENV = "CHAR_RNN_CACHE"
 FORMAT_VERSION = 1
-CHUNK_BYTES = 16 << 20
 FINGERPRINT_BYTES = 1 << 20
-BINARY_PROBE_BYTES = 65536
-# Codecs in which a byte below 0x80 always decodes to that ASCII character.
-_ASCII_COMPATIBLE = {"utf-8", "utf-8-sig", "ascii", "iso8859-1", "cp1252"}
 _UNICODE_SIZE = 0x110000
 
 
@@ -55,109 +49,6 @@ class EncodedText:
     vocab: Vocab
     sha256: str
     path: Path
-
-
-# ---- the error contract, shared with the in-memory reader in corpus.py ---------------
-
-
-def looks_binary(head: bytes, encoding: str) -> bool:
-    """NUL bytes near the start mean a binary file, unless the encoding is UTF-16/32."""
-    return b"\x00" in head[:BINARY_PROBE_BYTES] and "16" not in encoding and "32" not in encoding
-
-
-def binary_error(path: Path) -> CharRNNError:
-    return CharRNNError(f"{path} looks like a binary file (it contains NUL bytes), not text")
-
-
-def undecodable_error(path: Path, encoding: str, offset: int, byte: int) -> CharRNNError:
-    hint = "; pass --encoding to read another encoding" if encoding == "utf-8" else ""
-    return CharRNNError(
-        f"{path} is not valid {encoding}: byte offset {offset} (0x{byte:02x}) cannot be decoded{hint}"
-    )
-
-
-def incremental_decoder(encoding: str) -> codecs.IncrementalDecoder:
-    try:
-        return codecs.getincrementaldecoder(encoding)()
-    except LookupError:
-        raise UsageError(f"unknown encoding {encoding!r}") from None
-
-
-# ---- streaming code points ----------------------------------------------------------------
-
-
-def _held_back(decoder: codecs.IncrementalDecoder) -> bytes:
-    """The bytes of a character the decoder has begun but not finished."""
-    state = decoder.getstate()
-    return state[0] if isinstance(state, tuple) else b""
-
-
-def code_points(text: str) -> np.ndarray:
-    """The code points of `text` through the fastest exact route (CPython encodes to
-    latin-1 and UTF-16 far faster than to UTF-32)."""
-    if text.isascii():
-        return np.frombuffer(text.encode("ascii"), np.uint8)
-    wide = text.encode("utf-16-le", "surrogatepass")
-    if len(wide) == 2 * len(text):  # no surrogate pairs: one code unit per character
-        return np.frombuffer(wide, np.uint16)
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-
-
-def _file_code_points(
-    path: Path, encoding: str, chunk_bytes: int, digest, end_line: bool
-) -> Iterator[np.ndarray]:
-    decoder = incremental_decoder(encoding)
-    name = codecs.lookup(encoding).name
-    ascii_compatible, utf8 = name in _ASCII_COMPATIBLE, name == "utf-8"
-    offset, last = 0, None
-    try:
-        with open(path, "rb") as f:
-            if looks_binary(f.read(BINARY_PROBE_BYTES), encoding):
-                raise binary_error(path)
-            f.seek(0)
-            if not (utf8 and f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8):
-                f.seek(0)  # a UTF-8 byte order mark is a marker, not text: skip it
-            offset = f.tell()
-            while True:
-                raw = f.read(chunk_bytes)
-                if raw and ascii_compatible and raw.isascii() and decoder.getstate() in ((b"", 0), 0):
-                    codes, utf8_bytes = np.frombuffer(raw, np.uint8), raw
-                else:
-                    held = _held_back(decoder)
-                    try:
-                        text = decoder.decode(raw, final=not raw)
-                    except UnicodeDecodeError as error:
-                        data = held + raw
-                        where = offset - len(held) + error.start
-                        raise undecodable_error(path, encoding, where, data[error.start]) from None
-                    except UnicodeError as error:  # e.g. UTF-16 without its byte order mark
-                        raise CharRNNError(f"{path} is not valid {encoding}: {error}") from None
-                    codes = code_points(text)
-                    utf8_bytes = raw if utf8 else text.encode("utf-8", "surrogatepass")
-                if digest is not None:
-                    digest.update(utf8_bytes)
-                if len(codes):
-                    last = int(codes[-1])
-                    yield codes
-                if not raw:
-                    break
-                offset += len(raw)
-    except OSError as error:
-        raise CharRNNError(f"cannot read {path}: {error.strerror}") from None
-    if end_line and last is not None and last != ord("\n"):
-        # A file that does not end a line should not run into the next one.
-        if digest is not None:
-            digest.update(b"\n")
-        yield np.array([ord("\n")], np.uint8)
-
-
-def stream_code_points(
-    files: list[Path], encoding: str, *, join_lines: bool, chunk_bytes: int = CHUNK_BYTES, digest=None
-) -> Iterator[np.ndarray]:
-    """The code points of the files' text in order, chunk by chunk; `digest` (a hashlib
-    object) is fed the text as UTF-8 on the way."""
-    for path in files:
-        yield from _file_code_points(path, encoding, chunk_bytes, digest, end_line=join_lines)
 
 
 # ---- the two passes -------------------------------------------------------------------
@@ -247,17 +138,11 @@ def _open_entry(ids_path: Path) -> EncodedText | None:
         return None
 
 
-def encode_files(
-    files: list[Path],
-    encoding: str,
-    *,
-    join_lines: bool,
-    source: str,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> EncodedText:
-    """The cached ids of the files' text, encoding them first when the cache has no
-    entry for this version of them. `source` names the corpus in messages."""
-    incremental_decoder(encoding)  # an unknown encoding is a usage error before any work
+def encode_text(text: TextFiles, *, chunk_bytes: int = CHUNK_BYTES) -> EncodedText:
+    """The cached ids of the text, encoding it first when the cache has no entry for this
+    version of its files."""
+    check_encoding(text.encoding)  # an unknown encoding is a usage error before any work
+    files, encoding, join_lines, source = text.files, text.encoding, text.join_lines, text.source
     folder = cache_folder()
     which, version = corpus_identity(files, encoding, join_lines)
     ids_path = folder / f"{which}-{version}.ids"
@@ -266,9 +151,7 @@ def encode_files(
         return cached
 
     def chunks(digest=None) -> Iterator[np.ndarray]:
-        return stream_code_points(
-            files, encoding, join_lines=join_lines, chunk_bytes=chunk_bytes, digest=digest
-        )
+        return text.code_points(chunk_bytes=chunk_bytes, digest=digest)
 
     digest = hashlib.sha256()
     vocab, length = _scan(chunks(digest))
