@@ -19,11 +19,10 @@ from .config import ModelConfig, SampleConfig
 from .data.corpus import load_corpus
 from .data.vocab import Vocab
 from .device import resolve_device
-from .errors import CharRNNError
+from .errors import CharRNNError, UsageError
 from .evaluate import CorpusEval, EvalResult, evaluate, evaluate_corpus, evaluate_windows
-from .generate import DEFAULT_ENGINE, engine_stream
+from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine
 from .generate.beam import BeamResult, beam_search
-from .generate.sampling import generate
 from .model.network import CharRNNModel
 from .run.checkpoint import load_weights
 from .run.folder import RunFolder
@@ -32,16 +31,24 @@ from .train.plan import plan_training
 
 
 class CharRNN:
-    """A model loaded from a run folder."""
+    """A model loaded from a run folder, with the engine that generates from it."""
 
     def __init__(
-        self, model: CharRNNModel, vocab: Vocab, run_config: dict[str, Any], engine: str = DEFAULT_ENGINE
+        self,
+        model: CharRNNModel,
+        vocab: Vocab,
+        run_config: dict[str, Any],
+        engine: str = DEFAULT_ENGINE,
+        *,
+        run: str | os.PathLike | None = None,
+        which: str = "latest",
     ):
         self.model = model
         self.vocab = vocab
         self.run_config = run_config
-        self.engine = engine  # how stream/generate run the model: see char_rnn.engine
-        self._stream = engine_stream(engine)
+        # How stream/generate run the model (see char_rnn.generate); an engine that reads a
+        # file of its own, as onnx does, finds it in `run`.
+        self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
 
     @classmethod
     def load(
@@ -55,14 +62,17 @@ class CharRNN:
         """Load the newest weights of a run folder (`which="best"` for the best ones).
 
         `engine="fast"` (the default) generates through a compiled loop with int8 weights
-        on the CPU; `engine="reference"` calls the model once per character."""
-        engine_stream(engine)  # an unknown engine fails before the weights load
+        on the CPU; `engine="reference"` calls the model once per character;
+        `engine="onnx"` runs the run's exported model.onnx in onnxruntime (CPU only).
+        Beam search and evaluation use the model itself whatever the engine."""
+        if engine_kind(engine).cpu_only and device != "cpu":  # before the weights load
+            raise UsageError(f"the {engine} engine runs on the CPU only; use device cpu, not {device!r}")
         folder = RunFolder(run)
         saved = folder.open()
         model = CharRNNModel(saved.model)
         load_weights(model, folder.weights_path(which))
         model.to(resolve_device(device)).eval()
-        return cls(model, saved.vocab, saved.payload, engine)
+        return cls(model, saved.vocab, saved.payload, engine, run=folder.path, which=which)
 
     @classmethod
     def train(cls, preset: str | None = None, **options: Any) -> CharRNN:
@@ -76,12 +86,12 @@ class CharRNN:
 
     def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
         """Yield each step's next character for every sample, as it is generated."""
-        return self._stream(self.model, self.vocab, SampleConfig(start=start, **options))
+        return self.engine.stream(SampleConfig(start=start, **options))
 
     def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
         """The start string plus `length` generated characters; a list when num_samples > 1."""
         config = SampleConfig(start=start, length=length, **options)
-        texts = generate(self.model, self.vocab, config, self._stream)
+        texts = generate_texts(self.engine, config)
         return texts if config.num_samples > 1 else texts[0]
 
     def beam_search(self, start: str = "\n", length: int = 200, beams: int = 4) -> BeamResult:

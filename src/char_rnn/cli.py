@@ -7,15 +7,17 @@ Exit status: 0 success, 1 a failure the user can fix (file, checkpoint, corpus),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import BATCHINGS, CELLS, ON_NONFINITE, PRECISIONS, PRESETS, SCHEDULES
+from .config import PRESETS, ModelConfig, SampleConfig, TrainConfig, describe, field_names
 from .errors import CharRNNError, UsageError
 
 PROG = "char-rnn"
@@ -32,11 +34,41 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequence[str] | None = None,
+                      *, given_only: bool = True) -> None:  # fmt: skip
+    """One flag per config field, named like it (--batch-size for batch_size), with the type,
+    choices and help text the field declares. `given_only`: a flag not given is None, so
+    that presets and saved runs can fill it; otherwise it defaults to the field's default."""
+    hints = typing.get_type_hints(config_type)
+    groups: dict[str, Any] = {}
+    for config_field in dataclasses.fields(config_type):
+        meta = config_field.metadata
+        if "help" not in meta or (names is not None and config_field.name not in names):
+            continue
+        group = meta["group"] if given_only and meta["group"] else ""
+        if group and group not in groups:
+            groups[group] = p.add_argument_group(group)
+        target = groups.get(group, p)
+        flag = "--" + config_field.name.replace("_", "-")
+        kind = next(k for k in (bool, int, float, str) if k in typing.get_args(hints[config_field.name])
+                    or hints[config_field.name] is k)  # fmt: skip
+        default = None if given_only else config_field.default
+        if kind is bool:
+            target.add_argument(flag, action="store_true", default=default, help=describe(config_field))
+            continue
+        target.add_argument(flag, type=kind, default=default, choices=meta["choices"] or None,
+                            help=describe(config_field))  # fmt: skip
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train a model on a text",
-        description="Train a character-level model; checkpoints go to --out.",
+        description=(
+            "Train a character-level model; checkpoints go to --out. With --resume the same "
+            "command can be run again after any interruption: it continues the run, starts it if "
+            "nothing was saved yet, and leaves a finished run as it is."
+        ),
         epilog=_examples(
             "char-rnn train --max-time 300 --out runs/shakespeare",
             "char-rnn train --preset tutorial --epochs 30 --out runs/tutorial",
@@ -45,77 +77,41 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = p.add_argument_group("data")
-    data.add_argument("--data", help="text file, folder of text files, or 'shakespeare' (default)")
-    data.add_argument("--encoding", help="encoding of the text files (default utf-8)")
-    data.add_argument("--val-fraction", type=float, help="last fraction held out (default 0.1)")
-    data.add_argument("--batching", choices=BATCHINGS, help="stateful streams (default) or shuffle")
-    data.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
-    data.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
-    model = p.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
-    model.add_argument("--cell", choices=CELLS, help="recurrent cell (default lstm)")
-    model.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
-    model.add_argument("--units", type=int, help="hidden units per layer (default 512)")
-    model.add_argument("--layers", type=int, help="stacked recurrent layers (default 2)")
-    model.add_argument(
-        "--dropout",
-        type=float,
-        help="dropout on the embedding, between layers and before the output (default 0.1)",
-    )
-    model.add_argument(
-        "--weight-drop",
-        type=float,
-        help="fraction of the recurrent weights dropped in each training batch (default 0)",
-    )
-    opt = p.add_argument_group("optimization")
-    opt.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
-    opt.add_argument("--lr-schedule", choices=SCHEDULES, help="cosine (default) or constant")
-    opt.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 100)")
-    opt.add_argument("--min-lr-fraction", type=float, help="cosine floor, fraction of --lr")
-    opt.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
-    opt.add_argument(
-        "--ema-decay",
-        type=float,
-        help="validate and keep as best a moving average of the weights with this decay (default 0: off)",
-    )
-    opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 5)")
-    opt.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
-    opt.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    opt.add_argument("--seed", type=int, help="random seed (default 0)")
-    stop = p.add_argument_group("stopping and checkpoints")
-    stop.add_argument("--out", help="run folder (default runs/latest)")
-    stop.add_argument("--resume", action="store_true", default=None, help="continue the run")
-    stop.add_argument(
-        "--epochs", type=int, help="epochs to train (default: enough for 2,000 steps, at least one)"
-    )
-    stop.add_argument("--max-steps", type=int, help="stop at this total step count")
-    stop.add_argument("--max-time", type=float, help="stop after this many seconds")
-    stop.add_argument("--patience", type=int, help="stop after N epochs without a better val loss")
-    stop.add_argument(
-        "--val-max-chars", type=int, help="validation during training reads at most this much (default 1e6)"
-    )
-    stop.add_argument("--log-every", type=int, help="log every N steps (default 100)")
-    stop.add_argument("--eval-every-steps", type=int, help="validate every N steps too")
-    stop.add_argument("--checkpoint-every-epochs", type=int, help="default 5")
-    stop.add_argument("--checkpoint-every-steps", type=int, help="also every N steps")
-    stop.add_argument("--keep-last", type=int, help="complete checkpoints to keep (default 3)")
-    stop.add_argument("--on-nonfinite", choices=ON_NONFINITE,
-                      help="a NaN/inf loss or gradient: stop (default) or skip that step")  # fmt: skip
-    stop.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
+    _add_config_flags(p.add_argument_group("model"), ModelConfig)
+    _add_config_flags(p, TrainConfig)
     p.set_defaults(handler=cmd_train)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
-    p.add_argument("--start", default="\n", help="text to start from (default a newline)")
-    p.add_argument("--length", type=int, default=1000, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
-    p.add_argument("--top-k", type=int, help="sample among the k likeliest characters")
-    p.add_argument("--top-p", type=float, help="sample from the smallest set holding p of the mass")
-    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    _add_config_flags(p, SampleConfig, ("start", "length", "temperature", "top_k", "top_p", "seed"),
+                      given_only=False)  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+
+
+# Engine names the CLI once took, still accepted with a warning.
+RENAMED_ENGINES = {"torch": "fast"}
+
+
+def _engine_name(name: str) -> str:
+    """--engine's type: a renamed engine becomes its new name, with one line on stderr."""
+    if name in RENAMED_ENGINES:
+        print(f"{PROG}: warning: --engine {name} is now called {RENAMED_ENGINES[name]}", file=sys.stderr)
+        return RENAMED_ENGINES[name]
+    return name
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    from .generate import DEFAULT_ENGINE, ENGINES
+
+    kinds = "; ".join(
+        f"{name}{' (default)' if name == DEFAULT_ENGINE else ''}: {kind.summary}"
+        for name, kind in ENGINES.items()
+    )
+    p.add_argument("--engine", type=_engine_name, choices=tuple(ENGINES), default=DEFAULT_ENGINE,
+                   help=f"how to run the model: {kinds}")  # fmt: skip
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
@@ -134,9 +130,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     )
     _add_sampling(p)
     p.add_argument("--num-samples", type=int, default=1, help="texts to generate together")
-    p.add_argument("--engine", choices=("torch", "reference", "onnx"), default="torch",
-                   help="torch (default: a compiled loop, int8 weights on the CPU), reference "
-                        "(the model once per character) or onnx: RUN/model.onnx in onnxruntime")  # fmt: skip
+    _add_engine(p)
     p.add_argument("--beam", type=int, metavar="N",
                    help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default 1 for one sample, else one per core)")
@@ -198,7 +192,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, default=2, help="generations at once (default 2)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    p.add_argument("--engine", choices=("torch", "onnx"), default="torch")
+    _add_engine(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--quiet", action="store_true", help="no request log")
     p.set_defaults(handler=cmd_serve)
@@ -276,13 +270,8 @@ def _add_bench_train(benches: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
-    p.add_argument("--cell", choices=CELLS, help="recurrent cell (default lstm)")
-    p.add_argument("--embedding-dim", type=int, help="embedding size (default 256)")
-    p.add_argument("--units", type=int, help="hidden units per layer (default 512)")
-    p.add_argument("--layers", type=int, help="stacked recurrent layers (default 2)")
-    p.add_argument("--batch-size", type=int, help="sequences per batch (default 64)")
-    p.add_argument("--seq-length", type=int, help="characters per sequence (default 100)")
-    p.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (default auto)")
+    _add_config_flags(p, ModelConfig, BENCH_TRAIN_FLAGS)
+    _add_config_flags(p, TrainConfig, BENCH_TRAIN_FLAGS)
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--rnn", choices=("fused", "torch"), default="fused",
@@ -306,7 +295,7 @@ def _add_bench_generate(benches: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=1, help="streams generated together (default 1)")
     p.add_argument("--length", type=int, default=1000, help="characters per stream (default 1000)")
-    p.add_argument("--engine", choices=("fast", "reference"), default="fast")
+    _add_engine(p)
     p.add_argument("--run", help="a run folder's model instead of the random one")
     p.add_argument("--threads", type=int, help="CPU threads (default 1 for one stream, else one per core)")
     p.set_defaults(handler=cmd_bench_generate)
@@ -337,13 +326,8 @@ def build_parser() -> Parser:
 
 # ---- commands ------------------------------------------------------------------------
 
-TRAIN_FLAGS = (
-    "data", "encoding", "val_fraction", "batching", "batch_size", "seq_length", "cell",
-    "embedding_dim", "units", "layers", "dropout", "weight_drop", "lr", "lr_schedule", "warmup_steps",
-    "min_lr_fraction", "weight_decay", "ema_decay", "grad_clip", "precision", "device", "seed", "out",
-    "resume", "epochs", "max_steps", "max_time", "patience", "log_every", "eval_every_steps", "val_max_chars",
-    "checkpoint_every_epochs", "checkpoint_every_steps", "keep_last", "on_nonfinite", "quiet",
-)  # fmt: skip
+# What `bench train` varies: the model's shape, the batch and the precision.
+BENCH_TRAIN_FLAGS = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -353,7 +337,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     follower = launched_rank() > 0  # under torchrun, rank 0 speaks for every process
     if follower:
         logging.getLogger("char_rnn").setLevel(logging.WARNING)
-    options = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    options = {name: getattr(args, name) for name in field_names(ModelConfig) | field_names(TrainConfig)
+               if hasattr(args, name)}  # fmt: skip
     result = train_run(preset=args.preset, **options)
     summary = f"run {result.run}: step {result.step}, stopped by {result.stopped}"
     if result.already_complete:
@@ -376,18 +361,19 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .api import CharRNN
     from .config import SampleConfig
 
     config = SampleConfig(start=args.start, length=args.length, num_samples=args.num_samples,
                           **_sample_options(args))  # fmt: skip
+    if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx"):
+        raise UsageError("--beam finds one continuation with the model itself, not an engine; "
+                         "drop --num-samples and --engine onnx")  # fmt: skip
     _set_threads(args.threads, config.num_samples)
-    model = _load_engine(args)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     model.vocab.check(config.start, "the start string")
     out = sys.stdout
     if args.beam is not None:
-        if config.num_samples != 1 or args.engine == "onnx":
-            raise UsageError("--beam finds one continuation with the torch engine; "
-                             "drop --num-samples and --engine onnx")  # fmt: skip
         print(model.beam_search(config.start, config.length, args.beam).text)
         return 0
     if config.num_samples == 1:
@@ -404,21 +390,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_engine(args: argparse.Namespace):
-    """The run's model for generation: a CharRNN, or its ONNX export in onnxruntime."""
-    if args.engine == "onnx":
-        from .onnx.engine import OnnxEngine
-
-        if args.device != "cpu":
-            raise UsageError("--engine onnx runs on the CPU; drop --device")
-        return OnnxEngine.load(args.run, which=args.checkpoint)
-    from .api import CharRNN
-
-    engine = "reference" if args.engine == "reference" else "fast"
-    return CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=engine)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import CharRNN
     from .serve.server import ServerConfig, is_loopback, serve
 
     config = ServerConfig(
@@ -426,7 +399,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin), max_length=args.max_length, max_start=args.max_start,
         max_concurrent=args.max_concurrent, timeout=args.timeout,
     )  # fmt: skip
-    model = _load_engine(args)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     if not is_loopback(args.host):
         print(f"{PROG}: warning: listening on {args.host}: anyone who can reach this machine can use "
               "the model; the Host header must still be localhost or an --allow-host name",
@@ -506,6 +479,7 @@ def _set_threads(threads: int | None, streams: int) -> None:
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
     from .data.vocab import Vocab
+    from .generate import open_engine
     from .generate.speed import measure_generation, tutorial_model
 
     if args.batch_size < 1 or args.length < 1:
@@ -514,13 +488,12 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     if args.run:
         from .api import CharRNN
 
-        loaded = CharRNN.load(args.run)
-        model, vocab, what = loaded.model, loaded.vocab, args.run
+        loaded = CharRNN.load(args.run, engine=args.engine)
+        engine, vocab, what = loaded.engine, loaded.vocab, args.run
     else:
         vocab = Vocab(chr(c) for c in range(32, 97))  # 65 characters, as tiny Shakespeare has
-        model, what = tutorial_model(vocab), "random tutorial-size model"
-    speed = measure_generation(model, vocab, batch_size=args.batch_size, length=args.length,
-                               engine=args.engine)  # fmt: skip
+        engine, what = open_engine(args.engine, tutorial_model(vocab), vocab), "random tutorial-size model"
+    speed = measure_generation(engine, vocab, batch_size=args.batch_size, length=args.length)
     print(f"generate {what}: engine {speed.engine}, {speed.batch_size} stream(s) x {speed.length} "
           f"characters in {speed.seconds:.2f} s: {speed.chars_per_s:,.0f} chars/s")  # fmt: skip
     return 0
@@ -533,8 +506,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be positive and --warmup non-negative")
-    names = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
-    model_config, train_config = build_configs(args.preset, **{n: getattr(args, n) for n in names})
+    options = {name: getattr(args, name) for name in BENCH_TRAIN_FLAGS}
+    model_config, train_config = build_configs(args.preset, **options)
     model_config = with_vocab(model_config, 65)  # tiny Shakespeare's vocabulary
     import torch
 
