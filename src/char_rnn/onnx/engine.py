@@ -17,7 +17,7 @@ import torch
 
 from ..config import ModelConfig, SampleConfig
 from ..data.vocab import Vocab
-from ..errors import CharRNNError
+from ..errors import CharRNNError, require_extra
 from ..generate.sampling import sample_stream
 from ..run.folder import ONNX_FILE, RunFolder
 from ..run.storage import sha256_file
@@ -47,7 +47,7 @@ class OnnxEngine:
     ) -> OnnxEngine:
         """Open RUN/model.onnx (or `path`), refusing it when it was exported from other weights
         than `which`; `vocab` and `config` are the run's, as its folder gives them."""
-        import onnxruntime
+        onnxruntime = require_extra("onnx", "onnxruntime", "the onnx engine (--engine onnx)")
 
         folder = RunFolder(run)
         path = Path(path) if path is not None else folder.path / ONNX_FILE

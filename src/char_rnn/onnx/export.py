@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CharRNNError, UsageError
+from ..errors import CharRNNError, UsageError, require_extra
 from ..model.network import CharRNNModel, state_from_tensors, state_tensors
 from ..run.folder import ONNX_FILE, RunFolder
 from ..run.storage import sha256_file, write_atomic
@@ -49,9 +49,9 @@ def export_onnx(
     run: str | os.PathLike, *, which: str = "latest", out: str | os.PathLike | None = None
 ) -> Path:
     """Write the run's weights (`which`: latest or best) as an ONNX one-step model; return its path."""
-    import onnx
-
     from ..api import CharRNN
+
+    onnx = require_extra("onnx", "onnx", "char-rnn export")
 
     folder = RunFolder(run)
     weights = folder.weights_path(which)

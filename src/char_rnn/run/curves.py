@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CharRNNError
+from ..errors import CharRNNError, require_extra
 from .folder import CURVES_FILE, RunFolder
 from .storage import write_atomic
 
@@ -62,6 +62,7 @@ def time_unit(longest_seconds: float) -> tuple[str, float]:
 
 def render_curves(records: list[dict[str, Any]], title: str = "") -> bytes:
     """A PNG (bytes) of the training and validation loss against steps and time."""
+    require_extra("plot", "matplotlib", "char-rnn plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
