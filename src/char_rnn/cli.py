@@ -34,6 +34,13 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _command(commands: argparse._SubParsersAction, name: str, *, help: str, description: str,
+             examples: Sequence[str] = ()) -> argparse.ArgumentParser:  # fmt: skip
+    """A subcommand whose --help ends with its examples, laid out as written."""
+    return commands.add_parser(name, help=help, description=description, epilog=_examples(*examples),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+
 def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequence[str] | None = None,
                       *, given_only: bool = True) -> None:  # fmt: skip
     """One flag per config field, named like it (--batch-size for batch_size), with the type,
@@ -61,7 +68,8 @@ def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequ
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "train",
         help="train a model on a text",
         description=(
@@ -69,13 +77,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
             "command can be run again after any interruption: it continues the run, starts it if "
             "nothing was saved yet, and leaves a finished run as it is."
         ),
-        epilog=_examples(
+        examples=(
             "char-rnn train --max-time 300 --out runs/shakespeare",
             "char-rnn train --preset tutorial --epochs 30 --out runs/tutorial",
             "char-rnn train --data my_texts/ --cell lstm --layers 2 --units 512 --out runs/mine",
             "char-rnn train --resume --out runs/shakespeare --max-time 600",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
     _add_config_flags(p.add_argument_group("model"), ModelConfig)
@@ -115,18 +122,18 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "generate",
         help="generate text from a trained model",
         description="Generate text; a single sample streams to stdout as it is made.",
-        epilog=_examples(
+        examples=(
             'char-rnn generate runs/shakespeare --start "ROMEO:" --length 500',
             "char-rnn generate runs/shakespeare --temperature 0.7 --top-p 0.9 --seed 1",
             "char-rnn generate runs/shakespeare --num-samples 4 --length 200",
             "char-rnn generate runs/shakespeare --engine onnx   # after char-rnn export",
             'char-rnn generate runs/shakespeare --start "ROMEO:" --beam 8 --length 100',
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_sampling(p)
     p.add_argument("--num-samples", type=int, default=1, help="texts to generate together")
@@ -138,18 +145,18 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "eval",
         help="loss and bits per character of a model on a text",
         description=(
             "Loss over a text with the state carried. Without --data: the validation "
             "part of the run's own corpus."
         ),
-        epilog=_examples(
+        examples=(
             "char-rnn eval runs/shakespeare",
             "char-rnn eval runs/shakespeare --data other.txt --json",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--data", help="text file, folder or 'shakespeare' (default: the run's corpus)")
@@ -165,20 +172,20 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "serve",
         help="a web page and HTTP API to generate text",
         description=(
             "Serve a web page at / and a JSON API (POST /api/generate, POST /api/stream for "
             "server-sent events). Listens on 127.0.0.1 unless --host says otherwise."
         ),
-        epilog=_examples(
+        examples=(
             "char-rnn serve runs/shakespeare                     # then open http://127.0.0.1:8000/",
             "char-rnn serve runs/shakespeare --port 9000 --max-concurrent 4",
             "char-rnn serve runs/shakespeare --host 0.0.0.0 --allow-host mybox.lan",
             'curl -s localhost:8000/api/generate -d \'{"start": "ROMEO:", "length": 200}\'',
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -199,15 +206,15 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "export",
         help="write the model as ONNX",
         description="Write RUN/model.onnx: one generation step, ids and state in, logits and state out.",
-        epilog=_examples(
+        examples=(
             "char-rnn export runs/shakespeare",
             "char-rnn export runs/shakespeare --checkpoint best --out shakespeare.onnx",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--format", choices=("onnx",), default="onnx")
@@ -217,12 +224,12 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_plot(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "plot",
         help="draw the training curves as a PNG",
         description="Training and validation loss (and bits/char) against steps and time.",
-        epilog=_examples("char-rnn plot runs/shakespeare", "char-rnn plot runs/shakespeare --out curves.png"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=("char-rnn plot runs/shakespeare", "char-rnn plot runs/shakespeare --out curves.png"),
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--out", help="PNG to write (default RUN/curves.png)")
@@ -230,12 +237,12 @@ def _add_plot(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_info(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "info",
         help="what a run folder holds",
         description="Model, parameters, vocabulary, training history and checkpoints of a run.",
-        epilog=_examples("char-rnn info runs/shakespeare", "char-rnn info runs/shakespeare --json"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=("char-rnn info runs/shakespeare", "char-rnn info runs/shakespeare --json"),
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -243,7 +250,8 @@ def _add_info(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = _command(
+        commands,
         "bench",
         help="measure speed on this machine",
         description="Measure speed on this machine; bench/ compares it with peers.",
@@ -254,7 +262,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_train(benches: argparse._SubParsersAction) -> None:
-    p = benches.add_parser(
+    p = _command(
+        benches,
         "train",
         help="characters per second of training, and the fraction of the GEMM peak",
         description=(
@@ -262,12 +271,11 @@ def _add_bench_train(benches: argparse._SubParsersAction) -> None:
             "amount to (counted from the shapes) and that as a fraction of the GEMM peak "
             "measured here for the same dtype."
         ),
-        epilog=_examples(
+        examples=(
             "char-rnn bench train --preset tutorial",
             "char-rnn bench train --cell lstm --layers 2 --units 512 --precision fp32",
             "char-rnn bench train --preset tutorial --rnn torch",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults")
     _add_config_flags(p, ModelConfig, BENCH_TRAIN_FLAGS)
@@ -280,18 +288,18 @@ def _add_bench_train(benches: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_generate(benches: argparse._SubParsersAction) -> None:
-    p = benches.add_parser(
+    p = _command(
+        benches,
         "generate",
         help="characters per second of generation",
         description=(
             "Generate --length characters in each of --batch-size streams and print chars/s. "
             "Without --run: a random model of the tutorial's size (Embedding 256, GRU 1024)."
         ),
-        epilog=_examples(
+        examples=(
             "char-rnn bench generate --batch-size 1 --length 2000",
             "char-rnn bench generate --batch-size 64 --length 500 --engine reference",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--batch-size", type=int, default=1, help="streams generated together (default 1)")
     p.add_argument("--length", type=int, default=1000, help="characters per stream (default 1000)")
