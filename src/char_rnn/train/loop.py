@@ -38,7 +38,7 @@ from ..errors import CharRNNError
 from ..evaluate import EvalResult, evaluate
 from ..model.network import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
-from ..run.folder import CURVES_FILE, RunFolder
+from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
 from .average import WeightAverage
 from .distributed import Processes, process_group
 from .plan import Plan, check_same_text, fit_to_text, plan_for, run_config
@@ -153,8 +153,8 @@ class _Trainer:
             return
         if folder is None:
             raise CharRNNError(f"{self.run.path} holds no complete checkpoint to resume from")
-        load_weights(self.model, folder / "model.safetensors")
-        trainer = parse_trainer(folder / "trainer.safetensors")
+        load_weights(self.model, folder / MODEL_FILE)
+        trainer = parse_trainer(folder / TRAINER_FILE)
         try:
             self.optimizer.load_state_dict(trainer.optimizer)
         except (ValueError, KeyError, RuntimeError) as error:
