@@ -8,8 +8,8 @@ import torch
 from conftest import run_cli, tiny_train_config
 from torch import nn
 
-from char_rnn.model import fused_rnn, native
 from char_rnn.config import ModelConfig
+from char_rnn.model import fused_rnn, native
 from char_rnn.model.network import CharRNNModel
 from char_rnn.run.checkpoint import load_weights, weights_bytes
 from char_rnn.run.storage import write_atomic
