@@ -36,9 +36,9 @@ FLAGS = (*TINY_FLAGS, "--epochs", "2", "--checkpoint-every-steps", "2", "--eval-
          "--keep-last", "2", "--dropout", "0.0", "--quiet")  # fmt: skip
 
 
-@pytest.fixture
-def corpus(tmp_path, shakespeare_text) -> Path:
-    path = tmp_path / "corpus.txt"
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare_text) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text(shakespeare_text[:8_000], encoding="utf-8")
     return path
 
@@ -113,15 +113,16 @@ def _trial(tmp_path: Path, corpus: Path, reference: Path, seed: int, kills: int)
     _assert_same_run(out, reference)
 
 
-def _reference(tmp_path: Path, corpus: Path) -> Path:
-    out = tmp_path / "uninterrupted"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus) -> Path:
+    """One run never interrupted, which every killed run must end equal to."""
+    out = tmp_path_factory.mktemp("reference") / "uninterrupted"
     result = subprocess.run(_train_command(corpus, out), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return out
 
 
-def test_killed_and_resumed_training_ends_bit_identical(tmp_path, corpus):
-    reference = _reference(tmp_path, corpus)
+def test_killed_and_resumed_training_ends_bit_identical(tmp_path, corpus, reference):
     for seed in range(int(os.environ.get("CHAR_RNN_FAULT_TRIALS", "2"))):
         _trial(tmp_path, corpus, reference, seed, kills=3)
 
@@ -145,8 +146,7 @@ def _finish(command: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def test_killed_before_config_json_exists_the_same_command_starts_over(tmp_path, corpus):
-    reference = _reference(tmp_path, corpus)
+def test_killed_before_config_json_exists_the_same_command_starts_over(tmp_path, corpus, reference):
     # The folder does not exist yet, or exists with nothing in it (a kill right after it
     # was made), or a kill comes as soon as it appears: each time the same command works.
     _finish(_train_command(corpus, tmp_path / "never-started"))
@@ -160,8 +160,7 @@ def test_killed_before_config_json_exists_the_same_command_starts_over(tmp_path,
     _assert_same_run(out, reference)
 
 
-def test_killed_after_the_final_checkpoint_the_same_command_changes_nothing(tmp_path, corpus):
-    reference = _reference(tmp_path, corpus)
+def test_killed_after_the_final_checkpoint_the_same_command_changes_nothing(tmp_path, corpus, reference):
     final = max(RunFolder(reference).complete_checkpoints()).name
     out = tmp_path / "killed-at-the-end"
     _kill_when(_train_command(corpus, out), lambda: (out / "checkpoints" / final / "manifest.json").exists())
@@ -198,8 +197,7 @@ def test_a_time_limited_run_killed_and_resumed_never_raises_its_learning_rate(tm
 
 
 @pytest.mark.slow
-def test_many_kill_trials(tmp_path, corpus):
-    reference = _reference(tmp_path, corpus)
+def test_many_kill_trials(tmp_path, corpus, reference):
     for seed in range(100, 120):
         _trial(tmp_path, corpus, reference, seed, kills=10)
 

@@ -29,8 +29,8 @@ from ..device import resolve_device
 
 log = logging.getLogger("char_rnn")
 
-# Stop reasons by precedence: when ranks disagree in one step, the highest wins.
-STOP_REASONS = ("epochs", "max_steps", "patience", "max_time", "SIGTERM", "SIGINT")
+# Stop reasons by precedence: when ranks disagree in one step, the highest wins; None goes on.
+STOP_REASONS = (None, "epochs", "max_steps", "patience", "max_time", "SIGTERM", "SIGINT")
 
 
 def launched_rank() -> int:
@@ -74,7 +74,7 @@ class Processes:
     def mean(self, value: float) -> float:
         return self.sum([value])[0] / self.world_size if self.is_distributed else value
 
-    def agree_on_stop(self, reason: str) -> str:
+    def agree_on_stop(self, reason: str | None) -> str | None:
         """The stop reason every rank adopts: the most urgent one any rank has."""
         if not self.is_distributed:
             return reason

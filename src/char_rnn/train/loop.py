@@ -169,7 +169,7 @@ class _Trainer:
         hidden = self._resume_position(trainer.hidden)
         if hidden and self.batches.stateful and self.state.batch > 0:
             self.hidden = state_from_tensors([h.to(self.device) for h in hidden])
-        if self.stop_reason() is None:
+        if self._own_stop_reason() is None:
             # Record the options this invocation resumed with (e.g. a new max_steps), and
             # forget what a killed invocation logged after the checkpoint: it is redone.
             self.run.write_config(
@@ -214,6 +214,11 @@ class _Trainer:
 
     def stop_reason(self, signal_name: str | None = None) -> str | None:
         """Why the run stops before its next step, or None to go on; every rank agrees."""
+        return self.processes.agree_on_stop(self._own_stop_reason(signal_name))
+
+    def _own_stop_reason(self, signal_name: str | None = None) -> str | None:
+        """This process's view of `stop_reason`; a collective must not be called where
+        the ranks take turns (restoring), and there it is the same on every rank."""
         config, state = self.config, self.state
         reason = None
         if signal_name:
@@ -226,7 +231,7 @@ class _Trainer:
             reason = "max_time"
         elif config.patience and state.bad_epochs >= config.patience:
             reason = "patience"
-        return self.processes.agree_on_stop(reason)
+        return reason
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         """One optimizer step on a (B, T) batch; returns the loss in nats/char, or None
