@@ -17,12 +17,23 @@ import numpy as np
 
 from .config import ModelConfig, SampleConfig
 from .data.corpus import load_corpus
+from .data.items import ITEM_MARK, find_items
 from .data.vocab import Vocab
 from .device import resolve_device
 from .errors import CharRNNError, UsageError
-from .evaluate import CorpusEval, EvalResult, evaluate, evaluate_corpus, evaluate_windows
+from .evaluate import (
+    CorpusEval,
+    EvalResult,
+    Score,
+    evaluate,
+    evaluate_corpus,
+    evaluate_items,
+    evaluate_windows,
+    score_text,
+)
 from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine
 from .generate.beam import BeamResult, beam_search
+from .generate.items import generate_items, item_config, stream_items
 from .model.network import CharRNNModel
 from .run.checkpoint import load_weights
 from .run.folder import RunFolder
@@ -84,14 +95,28 @@ class CharRNN:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
-        """Yield each step's next character for every sample, as it is generated."""
-        return self.engine.stream(SampleConfig(start=start, **options))
+    @property
+    def items(self) -> str | None:
+        """The kind of items the model learned ("line", "paragraph"), or None for one text."""
+        return self.run_config.get("train", {}).get("items")
 
-    def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
-        """The start string plus `length` generated characters; a list when num_samples > 1."""
-        config = SampleConfig(start=start, length=length, **options)
-        texts = generate_texts(self.engine, config)
+    def stream(self, start: str | None = None, **options: Any) -> Iterator[list[str]]:
+        """Yield each step's next character for every sample, as it is generated. For an
+        items model, an item that has ended yields "", and the stream stops when all have."""
+        if self.items:
+            return stream_items(self.engine, item_config(start, **options))
+        return self.engine.stream(SampleConfig(start=_text_start(start), **options))
+
+    def generate(self, start: str | None = None, length: int = 1000, **options: Any) -> str | list[str]:
+        """The start string plus `length` generated characters (a newline starts by default);
+        a list when num_samples > 1. For an items model each sample is one item: the start
+        (empty by default) and what follows up to the item's end, at most `length` more."""
+        if self.items:
+            config = item_config(start, length=length, **options)
+            texts = generate_items(self.engine, config)
+        else:
+            config = SampleConfig(start=_text_start(start), length=length, **options)
+            texts = generate_texts(self.engine, config)
         return texts if config.num_samples > 1 else texts[0]
 
     def beam_search(self, start: str = "\n", length: int = 200, beams: int = 4) -> BeamResult:
@@ -104,8 +129,17 @@ class CharRNN:
         return self.vocab.encode(text, what=what)
 
     def evaluate(self, text: str, *, streams: int = 16) -> EvalResult:
-        """Loss over the whole text with the state carried."""
+        """Loss over the whole text with the state carried; for an items model, over the
+        text's items, each whole."""
+        if self.items:
+            items = find_items(self.encode_text(text), self.vocab, self.items, what="the evaluation text")
+            return evaluate_items(self.model, items)
         return evaluate(self.model, self.encode_text(text), streams=streams)
+
+    def score(self, text: str) -> Score:
+        """Total bits, bits per character and each character's surprisal in bits; for an items
+        model each line (or paragraph) is scored as one item, its end included."""
+        return score_text(self.model, self.vocab, text, self.items)
 
     def evaluate_windows(self, text: str, *, window: int = 256) -> EvalResult:
         """Loss over independent windows, each from a zero state."""
@@ -129,10 +163,23 @@ class CharRNN:
         if own:
             data = _run_corpus(self.run_config)
             encoding = encoding or train.get("encoding", "utf-8")
-        corpus = load_corpus(str(data), encoding or "utf-8", vocab=self.vocab)
+        reserved = ITEM_MARK if self.items else ""
+        corpus = load_corpus(str(data), encoding or "utf-8", vocab=self.vocab, reserved=reserved)
         split = split or ("val" if own else "all")
         val_fraction = float(train.get("val_fraction", 0.1))
-        return evaluate_corpus(self.model, corpus, split=split, val_fraction=val_fraction, window=window)
+        return evaluate_corpus(
+            self.model,
+            corpus,
+            split=split,
+            val_fraction=val_fraction,
+            window=0 if self.items else window,
+            items=self.items,
+            seed=int(train.get("seed", 0)),
+        )
+
+
+def _text_start(start: str | None) -> str:
+    return SampleConfig.start if start is None else start
 
 
 def _run_corpus(run_config: dict[str, Any]) -> str:

@@ -63,8 +63,9 @@ def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequ
         if kind is bool:
             target.add_argument(flag, action="store_true", default=default, help=describe(config_field))
             continue
+        bare = {"nargs": "?", "const": meta["bare"]} if meta.get("bare") else {}
         target.add_argument(flag, type=kind, default=default, choices=meta["choices"] or None,
-                            help=describe(config_field))  # fmt: skip
+                            help=describe(config_field), **bare)  # fmt: skip
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -92,7 +93,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
-    _add_config_flags(p, SampleConfig, ("start", "length", "temperature", "top_k", "top_p", "seed"),
+    _add_config_flags(p, SampleConfig, ("start",))  # None: the run's kind decides (items start empty)
+    _add_config_flags(p, SampleConfig, ("length", "temperature", "top_k", "top_p", "seed"),
                       given_only=False)  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -169,6 +171,30 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_eval)
+
+
+def _add_score(commands: argparse._SubParsersAction) -> None:
+    p = _command(
+        commands,
+        "score",
+        help="how surprising a text is to a model, character by character",
+        description=(
+            "Total bits, bits per character and the surprisal (bits) of each character, each "
+            "given the text before it. For a run trained on items, each line (or paragraph) "
+            "is one item, scored from its start, its end included."
+        ),
+        examples=(
+            'char-rnn score runs/shakespeare "To be, or not to be"',
+            "char-rnn score runs/names --file candidates.txt --json",
+        ),
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("text", nargs="?", help="the text to score (or --file)")
+    p.add_argument("--file", help="score this file's text instead")
+    p.add_argument("--encoding", default="utf-8", help="of --file (default utf-8)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_score)
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -324,6 +350,7 @@ def build_parser() -> Parser:
     _add_train(commands)
     _add_generate(commands)
     _add_eval(commands)
+    _add_score(commands)
     _add_serve(commands)
     _add_export(commands)
     _add_plot(commands)
@@ -372,27 +399,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .api import CharRNN
     from .config import SampleConfig
 
-    config = SampleConfig(start=args.start, length=args.length, num_samples=args.num_samples,
+    config = SampleConfig(start=args.start or "\n", length=args.length, num_samples=args.num_samples,
                           **_sample_options(args))  # fmt: skip
     if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx"):
         raise UsageError("--beam finds one continuation with the model itself, not an engine; "
                          "drop --num-samples and --engine onnx")  # fmt: skip
     _set_threads(args.threads, config.num_samples)
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
-    model.vocab.check(config.start, "the start string")
+    start = args.start if model.items else config.start
+    model.vocab.check(start or "", "the start string")
     out = sys.stdout
     if args.beam is not None:
+        if model.items:
+            raise UsageError("--beam continues one text; this run was trained on items")
         print(model.beam_search(config.start, config.length, args.beam).text)
         return 0
     if config.num_samples == 1:
-        out.write(config.start)
-        for (ch,) in model.stream(config.start, length=config.length, **_sample_options(args)):
+        out.write(start or "")
+        for (ch,) in model.stream(start, length=config.length, **_sample_options(args)):
             out.write(ch)
             out.flush()
         out.write("\n")
         return 0
-    texts = model.generate(config.start, config.length, num_samples=config.num_samples,
-                           **_sample_options(args))  # fmt: skip
+    texts = model.generate(start, config.length, num_samples=config.num_samples, **_sample_options(args))
+    if model.items:
+        out.write(("\n\n" if model.items == "paragraph" else "\n").join(texts) + "\n")
+        return 0
     for i, text in enumerate(texts, 1):
         out.write(f"==> sample {i} <==\n{text}\n\n")
     return 0
@@ -542,11 +574,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
-        print(f"{result.what}: {result.chars:,} characters")
+        counted = f"{result.items:,} items, " if result.items else ""
+        print(f"{result.what}: {counted}{result.chars:,} characters" + (" and ends" if result.items else ""))
         print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char, "
               f"perplexity {result.perplexity:.3f}")  # fmt: skip
         if result.windows is not None:
             print(f"loss over independent {result.window}-character windows: {result.windows.loss:.4f}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .api import CharRNN
+
+    if (args.text is None) == (args.file is None):
+        raise UsageError("give the text to score, or --file FILE (one of them)")
+    if args.file is not None:
+        from .data.text import read_text
+
+        text = read_text(args.file, args.encoding)
+    else:
+        text = args.text
+    score = CharRNN.load(args.run, which=args.checkpoint).score(text)
+    if args.json:
+        print(json.dumps(score.as_dict(), ensure_ascii=False))
+        return 0
+    for ch, bits in zip(score.chars, score.bits, strict=True):
+        print(f"{'(end)' if ch is None else repr(ch):>8} {bits:7.3f}")
+    counted = f" in {score.items:,} items" if score.items else ""
+    print(f"{score.total_bits:.2f} bits over {len(score.bits):,} characters{counted}: "
+          f"{score.bits_per_char:.4f} bits/char")  # fmt: skip
     return 0
 
 

@@ -18,16 +18,27 @@ BATCHINGS = ("stateful", "shuffle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 ON_NONFINITE = ("stop", "skip")
+ITEMS = ("line", "paragraph")  # data/items.py
+# Fine-tuning's default learning rate (README, Fine-tuning: measured).
+FINE_TUNE_LR = 1e-3
 # The groups of `char-rnn train --help`.
 DATA, OPTIMIZATION, STOPPING = "data", "optimization", "stopping and checkpoints"
 
 
 def option(
-    default: Any, help: str, *, group: str = "", choices: tuple[str, ...] = (), shown: str = ""
+    default: Any,
+    help: str,
+    *,
+    group: str = "",
+    choices: tuple[str, ...] = (),
+    shown: str = "",
+    bare: str | None = None,
 ) -> Any:
     """A config field with what the CLI says of it: its help text, its group of flags, its
-    choices, and how its default reads where the value itself does not tell (`shown`)."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "shown": shown})
+    choices, how its default reads where the value itself does not tell (`shown`), and the
+    value its flag takes when given without one (`bare`: `--items` is `--items line`)."""
+    metadata = {"help": help, "group": group, "choices": choices, "shown": shown, "bare": bare}
+    return field(default=default, metadata=metadata)
 
 
 def describe(config_field: Field) -> str:
@@ -92,11 +103,32 @@ class TrainConfig:
     data: str = option("shakespeare", "text file, folder of text files, or 'shakespeare'", group=DATA)
     out: str = option("runs/latest", "run folder", group=STOPPING)
     encoding: str = option("utf-8", "encoding of the text files", group=DATA)
-    val_fraction: float = option(0.1, "last fraction of the text held out for validation", group=DATA)
+    items: str | None = option(
+        None,
+        "learn a list of items, each one whole: each non-blank line (--items), or each run of "
+        "lines between blank ones (--items paragraph)",
+        group=DATA,
+        choices=ITEMS,
+        shown="one long text",
+        bare="line",
+    )
+    val_fraction: float = option(
+        0.1,
+        "fraction held out for validation: the end of the text, or a random share of the items",
+        group=DATA,
+    )
+    init_from: str | None = option(
+        None,
+        "start from this run's weights (fine-tuning: a fresh optimizer, the vocabulary merged)",
+        group=OPTIMIZATION,
+        shown="new weights",
+    )
     batching: str = option("stateful", "stateful streams or shuffled windows", group=DATA, choices=BATCHINGS)
     batch_size: int = option(64, "sequences per batch", group=DATA)
     seq_length: int = option(100, "characters per sequence", group=DATA)
-    lr: float = option(3e-3, "Adam learning rate", group=OPTIMIZATION)
+    lr: float = option(
+        3e-3, "Adam learning rate", group=OPTIMIZATION, shown=f"0.003; {FINE_TUNE_LR:g} with --init-from"
+    )
     lr_schedule: str = option(
         "cosine", "learning-rate schedule after warmup", group=OPTIMIZATION, choices=SCHEDULES
     )
@@ -157,6 +189,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(bool(self.data), "data must name a file, a folder or 'shakespeare'")
         _require(bool(self.out), "out must name a folder")
+        _require(
+            self.items is None or self.items in ITEMS,
+            f"items must be one of {', '.join(ITEMS)}, got {self.items!r}",
+        )
+        _require(self.init_from is None or bool(self.init_from), "init_from must name a run folder")
         _finite("val_fraction", self.val_fraction)
         _require(
             0.0 <= self.val_fraction < 1.0,

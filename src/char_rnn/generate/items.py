@@ -1,0 +1,39 @@
+"""Generation for a run trained on items: each sample is one whole new item.
+
+The engine reads the item mark, then the start string (the beginning of the item, empty
+by default); a sample ends where the model emits the mark, or at `length` characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ..config import SampleConfig
+from ..data.items import ITEM_MARK
+from . import Engine
+
+
+def item_config(start: str | None, **options: Any) -> SampleConfig:
+    """The config an engine runs for items: the mark, then the item's beginning."""
+    return SampleConfig(start=ITEM_MARK + (start or ""), **options)
+
+
+def stream_items(engine: Engine, config: SampleConfig) -> Iterator[list[str]]:
+    """Per step, the next character of each item (config from `item_config`); "" once an
+    item has ended. Stops when every item has ended."""
+    ended = [False] * config.num_samples
+    for step in engine.stream(config):
+        ended = [done or ch == ITEM_MARK for done, ch in zip(ended, step, strict=True)]
+        if all(ended):
+            return
+        yield ["" if done else ch for done, ch in zip(ended, step, strict=True)]
+
+
+def generate_items(engine: Engine, config: SampleConfig) -> list[str]:
+    """`num_samples` items, each its beginning and what follows up to its end."""
+    items = [[config.start.removeprefix(ITEM_MARK)] for _ in range(config.num_samples)]
+    for step in stream_items(engine, config):
+        for item, ch in zip(items, step, strict=True):
+            item.append(ch)
+    return ["".join(item) for item in items]
