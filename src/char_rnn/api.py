@@ -35,10 +35,14 @@ from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_
 from .generate.beam import BeamResult, beam_search
 from .generate.items import generate_items, item_config, stream_items
 from .model.network import CharRNNModel
+from .novelty import CopyIndex, Novelty
 from .run.checkpoint import load_weights
 from .run.folder import RunFolder
 from .train.loop import TrainResult, run_plan
 from .train.plan import plan_training
+
+# How many items `generate_novel` may draw for each new one asked before it gives up.
+NOVEL_DRAWS_PER_ITEM = 20
 
 
 class CharRNN:
@@ -60,6 +64,7 @@ class CharRNN:
         # How stream/generate run the model (see char_rnn.generate); an engine that reads a
         # file of its own, as onnx does, finds it in `run`.
         self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
+        self.run_path = run
 
     @classmethod
     def load(
@@ -104,7 +109,7 @@ class CharRNN:
         """Yield each step's next character for every sample, as it is generated. For an
         items model, an item that has ended yields "", and the stream stops when all have."""
         if self.items:
-            return stream_items(self.engine, item_config(start, **options))
+            return stream_items(self.engine, item_config(start, **options), self.items)
         return self.engine.stream(SampleConfig(start=_text_start(start), **options))
 
     def generate(self, start: str | None = None, length: int = 1000, **options: Any) -> str | list[str]:
@@ -113,11 +118,49 @@ class CharRNN:
         (empty by default) and what follows up to the item's end, at most `length` more."""
         if self.items:
             config = item_config(start, length=length, **options)
-            texts = generate_items(self.engine, config)
+            texts = generate_items(self.engine, config, self.items)
         else:
             config = SampleConfig(start=_text_start(start), length=length, **options)
             texts = generate_texts(self.engine, config)
         return texts if config.num_samples > 1 else texts[0]
+
+    def novelty(self, samples: str | list[str]) -> list[Novelty]:
+        """For each sample, the longest span it shares with the training text and, for an
+        items model, whether it is one of the training items. The first call builds the
+        run's index (RUN/novelty/, the `novelty` extra); later ones read it."""
+        if self.run_path is None:
+            raise UsageError(
+                "novelty compares with a run's training text; load the model from its run folder"
+            )
+        index = CopyIndex.for_run(self.run_path)
+        samples = [samples] if isinstance(samples, str) else samples
+        return [index.novelty(sample, item=bool(self.items)) for sample in samples]
+
+    def generate_novel(self, num_samples: int, *, max_draws: int | None = None, **options: Any) -> list[str]:
+        """`num_samples` items that are not training items, drawn in rounds until there are
+        enough or `max_draws` items were drawn (default NOVEL_DRAWS_PER_ITEM per item asked).
+        With a seed the rounds use seed, seed + 1, ...; same seed, same items."""
+        if not self.items:
+            raise UsageError("only a model trained on items can make new items (train with --items)")
+        max_draws = max_draws or NOVEL_DRAWS_PER_ITEM * num_samples
+        index = self._copy_index()
+        seed = options.pop("seed", None)
+        novel: list[str] = []
+        for drawn in range(0, max_draws, num_samples):
+            round_seed = None if seed is None else seed + drawn // num_samples
+            batch = self.generate(num_samples=num_samples, seed=round_seed, **options)
+            novel += [item for item in batch if not index.has_item(item)]
+            if len(novel) >= num_samples:
+                return novel[:num_samples]
+        raise CharRNNError(
+            f"only {len(novel)} of {num_samples} items were new after {max_draws} draws: the model "
+            "mostly repeats its training items; use a higher temperature or a model trained less long"
+        )
+
+    def _copy_index(self) -> CopyIndex:
+        if self.run_path is None:
+            raise UsageError("novelty compares samples with a run's training text: load a run folder")
+        return CopyIndex.for_run(self.run_path)
 
     def beam_search(self, start: str = "\n", length: int = 200, beams: int = 4) -> BeamResult:
         """The likeliest continuation found keeping `beams` candidates (deterministic)."""

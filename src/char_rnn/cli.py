@@ -143,6 +143,11 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, metavar="N",
                    help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default 1 for one sample, else one per core)")
+    p.add_argument("--novelty", action="store_true",
+                   help="report on stderr the longest span each sample shares with the training text "
+                        "(and for items, whether it is a training item)")  # fmt: skip
+    p.add_argument("--novel-only", action="store_true",
+                   help="for items: draw until --num-samples items are not training items")  # fmt: skip
     p.set_defaults(handler=cmd_generate)
 
 
@@ -414,20 +419,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UsageError("--beam continues one text; this run was trained on items")
         print(model.beam_search(config.start, config.length, args.beam).text)
         return 0
-    if config.num_samples == 1:
+    if args.novel_only and not model.items:
+        raise UsageError("--novel-only makes new items: this run was not trained on items (--items)")
+    if config.num_samples == 1 and not (args.novelty or args.novel_only):
         out.write(start or "")
         for (ch,) in model.stream(start, length=config.length, **_sample_options(args)):
             out.write(ch)
             out.flush()
         out.write("\n")
         return 0
-    texts = model.generate(start, config.length, num_samples=config.num_samples, **_sample_options(args))
+    if args.novel_only:
+        texts = model.generate_novel(
+            config.num_samples, start=start, length=config.length, **_sample_options(args)
+        )
+    else:
+        texts = model.generate(start, config.length, num_samples=config.num_samples, **_sample_options(args))
     if model.items:
         out.write(("\n\n" if model.items == "paragraph" else "\n").join(texts) + "\n")
-        return 0
-    for i, text in enumerate(texts, 1):
-        out.write(f"==> sample {i} <==\n{text}\n\n")
+    else:
+        for i, text in enumerate(texts, 1):
+            out.write(f"==> sample {i} <==\n{text}\n\n")
+    if args.novelty:
+        out.flush()
+        _report_novelty(model, texts)
     return 0
+
+
+def _report_novelty(model: Any, texts: list[str]) -> None:
+    """Per sample, on stderr: its longest span found in the training text, and for items
+    whether it is a training item; then the share of new items."""
+    found = model.novelty(texts)
+    for i, novelty in enumerate(found, 1):
+        line = f"sample {i}: longest span in the training text {len(novelty.longest_copy)} characters"
+        line += f" {novelty.longest_copy!r}" if novelty.longest_copy else ""
+        if novelty.in_training is not None:
+            line += ", a training item" if novelty.in_training else ", a new item"
+        print(line, file=sys.stderr)
+    if model.items:
+        new = sum(not n.in_training for n in found)
+        print(f"new items: {new} of {len(found)} ({new / len(found):.0%})", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ class Items:
     ids: np.ndarray  # or a MappedIds: anything that slices like an array
     starts: np.ndarray
     ends: np.ndarray
-    mark: int  # ITEM_MARK's id
+    mark: int  # ITEM_MARK's id (-1 in a vocabulary without it)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -85,17 +85,15 @@ def check_kind(kind: str) -> None:
 
 
 def find_items(ids: np.ndarray, vocab: Vocab, kind: str, *, what: str = "the text") -> Items:
-    """The items of `ids` (in `vocab`, which must hold ITEM_MARK): its non-blank lines, or
-    its runs of non-blank lines separated by blank ones. A line's ending (\\n or \\r\\n) is
-    not part of it; a blank line holds nothing but white space."""
+    """The items of `ids` (in `vocab`): its non-blank lines, or its runs of non-blank lines
+    separated by blank ones. A line's ending (\\n or \\r\\n) is not part of it; a blank line
+    holds nothing but white space. Only a vocabulary with ITEM_MARK makes model rows."""
     check_kind(kind)
-    if ITEM_MARK not in vocab:
-        raise CharRNNError("this vocabulary has no item mark: the run was not trained on items")
     starts, ends = _item_spans(ids, vocab, kind)
     if len(starts) == 0:
         unit = "line" if kind == "line" else "paragraph"
         raise CharRNNError(f"{what} has no non-blank {unit}: items mode needs at least one item")
-    return Items(ids, starts, ends, vocab.index(ITEM_MARK))
+    return Items(ids, starts, ends, vocab.index(ITEM_MARK) if ITEM_MARK in vocab else -1)
 
 
 def _item_spans(ids: np.ndarray, vocab: Vocab, kind: str) -> tuple[np.ndarray, np.ndarray]:

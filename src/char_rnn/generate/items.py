@@ -19,21 +19,23 @@ def item_config(start: str | None, **options: Any) -> SampleConfig:
     return SampleConfig(start=ITEM_MARK + (start or ""), **options)
 
 
-def stream_items(engine: Engine, config: SampleConfig) -> Iterator[list[str]]:
+def stream_items(engine: Engine, config: SampleConfig, kind: str) -> Iterator[list[str]]:
     """Per step, the next character of each item (config from `item_config`); "" once an
-    item has ended. Stops when every item has ended."""
+    item has ended. Stops when every item has ended. A line item also ends at a newline,
+    which no line holds (a model early in training may still emit one)."""
+    ends = {ITEM_MARK, "\n"} if kind == "line" else {ITEM_MARK}
     ended = [False] * config.num_samples
     for step in engine.stream(config):
-        ended = [done or ch == ITEM_MARK for done, ch in zip(ended, step, strict=True)]
+        ended = [done or ch in ends for done, ch in zip(ended, step, strict=True)]
         if all(ended):
             return
         yield ["" if done else ch for done, ch in zip(ended, step, strict=True)]
 
 
-def generate_items(engine: Engine, config: SampleConfig) -> list[str]:
+def generate_items(engine: Engine, config: SampleConfig, kind: str) -> list[str]:
     """`num_samples` items, each its beginning and what follows up to its end."""
     items = [[config.start.removeprefix(ITEM_MARK)] for _ in range(config.num_samples)]
-    for step in stream_items(engine, config):
+    for step in stream_items(engine, config, kind):
         for item, ch in zip(items, step, strict=True):
             item.append(ch)
     return ["".join(item) for item in items]
