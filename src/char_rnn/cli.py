@@ -519,6 +519,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"vocabulary   {info.vocab_size} characters: {info.vocab_preview}")
     if info.corpus:
         print(f"corpus       {info.corpus.get('source')} ({info.corpus.get('chars', 0):,} characters)")
+    if info.items:
+        print(f"items        {info.items.get('kind')}: {info.items.get('train_items', 0):,} for training, "
+              f"{info.items.get('val_items', 0):,} for validation")  # fmt: skip
+    if info.init_from:
+        added = info.init_from.get("added_chars") or ""
+        print(f"fine-tuned   from {info.init_from.get('run')}" + (f", adding {added!r}" if added else ""))
     minutes, seconds = divmod(round(info.seconds), 60)
     print(f"training     {info.steps:,} steps, {info.epochs} epoch(s), {minutes}m{seconds:02d}s"
           + (f", stopped by {info.stopped}" if info.stopped else ""))  # fmt: skip
