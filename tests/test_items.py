@@ -254,3 +254,16 @@ def test_scoring_one_text_counts_every_character_after_a_newline(names_run, tmp_
     logits, _ = model.model(torch.tensor(ids[:-1], dtype=torch.long)[None])
     nats = F.cross_entropy(logits[0], torch.tensor(ids[1:], dtype=torch.long), reduction="sum")
     assert score.total_bits == pytest.approx(float(nats) / math.log(2), rel=1e-5)
+
+
+def test_paragraph_items_are_generated_whole_with_a_blank_line_between(tmp_path):
+    poems = tmp_path / "poems.txt"
+    poems.write_text(
+        "\n\n".join("roses are red\nviolets are blue" for _ in range(150)) + "\n", encoding="utf-8"
+    )
+    CharRNN.train(
+        data=str(poems), items="paragraph", out=str(tmp_path / "poems"), max_steps=80, lr=1e-2, **TINY
+    )
+    result = run_cli("generate", tmp_path / "poems", "--num-samples", "3", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "\n\n".join(["roses are red\nviolets are blue"] * 3) + "\n"
