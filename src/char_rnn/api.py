@@ -21,7 +21,7 @@ from .data.vocab import Vocab
 from .device import resolve_device
 from .errors import CharRNNError, UsageError
 from .evaluate import CorpusEval, EvalResult, evaluate, evaluate_corpus, evaluate_windows
-from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine
+from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine, stream_texts
 from .generate.beam import BeamResult, beam_search
 from .model.network import CharRNNModel
 from .run.checkpoint import load_weights
@@ -85,11 +85,16 @@ class CharRNN:
         return self.model.config
 
     def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
-        """Yield each step's next character for every sample, as it is generated."""
-        return self.engine.stream(SampleConfig(start=start, **options))
+        """Yield each step's next character for every sample, as it is generated; with
+        `stop=` strings, each step's text that became final (held back while it may still
+        be the beginning of a stop string), ending when every sample has stopped."""
+        return stream_texts(self.engine, SampleConfig(start=start, **options))
 
     def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
-        """The start string plus `length` generated characters; a list when num_samples > 1."""
+        """The start string plus `length` generated characters; a list when num_samples > 1.
+
+        `stop="\n\n"` (or a list of strings) ends a sample where it first writes one of
+        them; the text stops just before it."""
         config = SampleConfig(start=start, length=length, **options)
         texts = generate_texts(self.engine, config)
         return texts if config.num_samples > 1 else texts[0]

@@ -226,9 +226,19 @@ class SampleConfig:
     top_p: float | None = option(None, "sample from the smallest set holding p of the mass", shown="1")
     seed: int | None = option(None, "the same seed gives the same text", shown="random")
     num_samples: int = option(1, "texts to generate together")
+    # A sample ends where it first completes one of these; its text stops just before it.
+    stop: tuple[str, ...] = option(
+        (), "end a sample when it emits this string, which is left out (repeatable)", shown="none"
+    )
 
     def __post_init__(self) -> None:
         _require(isinstance(self.start, str) and self.start != "", "start must be a non-empty string")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        object.__setattr__(self, "stop", stop)
+        _require(
+            all(isinstance(s, str) and s != "" for s in stop),
+            f"stop strings must be non-empty strings, got {list(stop)!r}",
+        )
         _require(
             isinstance(self.length, int) and self.length >= 0,
             f"length must be a non-negative integer, got {self.length!r}",
