@@ -81,6 +81,11 @@ class FastBatch:
         self.streams: list[BatchStream] = []  # row i of every buffer is streams[i]
         self.chars = np.array(vocab.chars, dtype=object)
         self._allocate(capacity)
+        # The first forward pass may build the native kernels and the first round compiles
+        # the loop: done now, so that no request waits for it.
+        warm = self.add(SampleConfig(start=vocab.chars[0] * 2, length=ROUND_STEPS, seed=0))
+        self.advance()
+        self.remove(warm)
 
     def _allocate(self, capacity: int) -> None:
         """Buffers for `capacity` rows, keeping the rows in use."""
