@@ -47,9 +47,15 @@ def run_batch(batch, joining: list[tuple[int, SampleConfig]]) -> list[tuple[str,
 
 def crowd(count: int) -> list[SampleConfig]:
     return [
-        SampleConfig(start="abc"[: i % 3 + 1], length=40 + 13 * i, temperature=(0.0, 0.6, 1.0, 1.4)[i % 4],
-                     top_k=(None, 4)[i % 2], top_p=(None, 0.7, 0.95)[i % 3], stop=(("ja",), ())[i % 2],
-                     seed=100 + i)  # fmt: skip
+        SampleConfig(
+            start="abc"[: i % 3 + 1],
+            length=40 + 13 * i,
+            temperature=(0.0, 0.6, 1.0, 1.4)[i % 4],
+            top_k=(None, 4)[i % 2],
+            top_p=(None, 0.7, 0.95)[i % 3],
+            stop=(("ja",), ())[i % 2],
+            seed=100 + i,
+        )  # fmt: skip
         for i in range(count)
     ]
 
