@@ -27,7 +27,7 @@ import torch
 from ..config import SampleConfig
 from ..data.vocab import Vocab
 from ..model.network import CharRNNModel, state_tensors
-from .fast import FastEngine, fast_generator, row_settings
+from .fast import FastEngine, RowSettings, fast_generator, row_settings
 from .sampling import make_generator
 from .stops import StopMatcher, check_stops
 
@@ -79,6 +79,7 @@ class FastBatch:
         self.fast = fast_generator(model, weights)
         self.weights = self.fast.weights
         self.streams: list[BatchStream] = []  # row i of every buffer is streams[i]
+        self._settings: RowSettings | None = None  # the rows' settings, until a stream joins or leaves
         self.chars = np.array(vocab.chars, dtype=object)
         self._allocate(capacity)
         # The first forward pass may build the native kernels and the first round compiles
@@ -123,6 +124,7 @@ class FastBatch:
         self.c[:, row] = tensors[1][:, 0] if len(tensors) == 2 else 0.0
         self.logits[row] = logits[0, -1].float()
         self.streams.append(stream)
+        self._settings = None
         return stream
 
     def remove(self, stream: BatchStream) -> None:
@@ -138,6 +140,7 @@ class FastBatch:
             self.logits[row] = self.logits[last]
             self.streams[row] = self.streams[last]
         self.streams.pop()
+        self._settings = None
 
     @torch.no_grad()
     def advance(self) -> list[tuple[BatchStream, str]]:
@@ -146,13 +149,14 @@ class FastBatch:
         batch = len(self.streams)
         if batch == 0:
             return []
-        configs = [s.config for s in self.streams]
+        if self._settings is None:
+            self._settings = row_settings([s.config for s in self.streams], self.model.config.vocab_size)
         # Each stream draws its own uniforms from its own generator, in order.
         uniforms = torch.stack([torch.rand(ROUND_STEPS, generator=s.state) for s in self.streams], 1)
         out = self.out[:, :batch]
         logits = self.fast.loop(
             self.logits[:batch], self.h[:, :batch], self.c[:, :batch], uniforms, out,
-            row_settings(configs, self.model.config.vocab_size),
+            self._settings,
         )  # fmt: skip
         self.logits[:batch] = logits
         columns = self.chars[out.numpy()].T  # (B, K)
