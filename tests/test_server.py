@@ -375,7 +375,7 @@ def test_sigterm_lets_running_streams_finish_then_ends_the_rest(tiny_run, tmp_pa
                               timeout=60) as response:  # fmt: skip
                 results[name] = read_events(response)
 
-        readers = [threading.Thread(target=read, args=("short", 20_000)),
+        readers = [threading.Thread(target=read, args=("short", 5_000)),
                    threading.Thread(target=read, args=("endless", 10_000_000))]  # fmt: skip
         for reader in readers:
             reader.start()
@@ -386,7 +386,7 @@ def test_sigterm_lets_running_streams_finish_then_ends_the_rest(tiny_run, tmp_pa
             reader.join(60)
         process.wait(60)
     short, endless = results["short"], results["endless"]
-    assert short[-1] == ("done", {"chars": 20_000, "stop": None})
+    assert short[-1] == ("done", {"chars": 5_000, "stop": None})
     assert endless[-1][0] == "error" and "shutting down" in endless[-1][1]["detail"]
     assert sum(len(data.get("text", "")) for _, data in endless) > 0
     assert process.returncode == -signal.SIGTERM
@@ -399,6 +399,7 @@ def _refused(url: str) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_a_failing_stream_ends_alone_and_the_others_finish(tiny_run):
     """A stream whose client's event loop is gone cannot be delivered to: it ends, the
     batch and the other stream go on."""
