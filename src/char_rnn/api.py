@@ -31,7 +31,7 @@ from .evaluate import (
     evaluate_windows,
     score_text,
 )
-from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine
+from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine, stream_texts
 from .generate.beam import BeamResult, beam_search
 from .generate.items import generate_items, item_config, stream_items
 from .model.network import CharRNNModel
@@ -106,16 +106,21 @@ class CharRNN:
         return self.run_config.get("train", {}).get("items")
 
     def stream(self, start: str | None = None, **options: Any) -> Iterator[list[str]]:
-        """Yield each step's next character for every sample, as it is generated. For an
+        """Yield each step's next character for every sample, as it is generated; with
+        `stop=` strings, each step's text that became final (held back while it may still
+        be the beginning of a stop string), ending when every sample has stopped. For an
         items model, an item that has ended yields "", and the stream stops when all have."""
         if self.items:
             return stream_items(self.engine, item_config(start, **options), self.items)
-        return self.engine.stream(SampleConfig(start=_text_start(start), **options))
+        return stream_texts(self.engine, SampleConfig(start=_text_start(start), **options))
 
     def generate(self, start: str | None = None, length: int = 1000, **options: Any) -> str | list[str]:
         """The start string plus `length` generated characters (a newline starts by default);
         a list when num_samples > 1. For an items model each sample is one item: the start
-        (empty by default) and what follows up to the item's end, at most `length` more."""
+        (empty by default) and what follows up to the item's end, at most `length` more.
+
+        `stop="\n\n"` (or a list of strings) ends a sample where it first writes one of
+        them; the text stops just before it."""
         if self.items:
             config = item_config(start, length=length, **options)
             texts = generate_items(self.engine, config, self.items)

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import PRESETS, ModelConfig, SampleConfig, TrainConfig, describe, field_names
+from .config import PRESETS, ModelConfig, SampleConfig, ServerConfig, TrainConfig, describe, field_names
 from .errors import CharRNNError, UsageError
 
 PROG = "char-rnn"
@@ -96,6 +96,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     _add_config_flags(p, SampleConfig, ("start",))  # None: the run's kind decides (items start empty)
     _add_config_flags(p, SampleConfig, ("length", "temperature", "top_k", "top_p", "seed"),
                       given_only=False)  # fmt: skip
+    stop = SampleConfig.__dataclass_fields__["stop"]
+    p.add_argument("--stop", action="append", default=[], metavar="STRING", help=describe(stop))
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
@@ -135,6 +137,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
             "char-rnn generate runs/shakespeare --num-samples 4 --length 200",
             "char-rnn generate runs/shakespeare --engine onnx   # after char-rnn export",
             'char-rnn generate runs/shakespeare --start "ROMEO:" --beam 8 --length 100',
+            "char-rnn generate runs/shakespeare --stop $'\\n\\n' --num-samples 3   # one paragraph each",
         ),
     )
     _add_sampling(p)
@@ -213,22 +216,18 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         ),
         examples=(
             "char-rnn serve runs/shakespeare                     # then open http://127.0.0.1:8000/",
-            "char-rnn serve runs/shakespeare --port 9000 --max-concurrent 4",
+            "char-rnn serve runs/shakespeare --port 9000 --max-batch 32 --max-queue 100",
             "char-rnn serve runs/shakespeare --host 0.0.0.0 --allow-host mybox.lan",
             'curl -s localhost:8000/api/generate -d \'{"start": "ROMEO:", "length": 200}\'',
         ),
     )
     p.add_argument("run", help="run folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    _add_config_flags(p, ServerConfig, SERVE_FLAGS, given_only=False)
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="the old name of --max-batch")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another name the Host header may carry (repeatable)")  # fmt: skip
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from this origin call the API (repeatable; default none)")  # fmt: skip
-    p.add_argument("--max-length", type=int, default=5000, help="characters per request (default 5000)")
-    p.add_argument("--max-start", type=int, default=1000, help="start-text characters (default 1000)")
-    p.add_argument("--max-concurrent", type=int, default=2, help="generations at once (default 2)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     _add_engine(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -366,6 +365,10 @@ def build_parser() -> Parser:
 
 # ---- commands ------------------------------------------------------------------------
 
+# The serve flags that are plain ServerConfig fields (--allow-host and --cors-origin repeat).
+SERVE_FLAGS = ("host", "port", "max_length", "max_start", "max_batch", "max_queue", "queue_timeout",
+               "timeout", "grace_period")  # fmt: skip
+
 # What `bench train` varies: the model's shape, the batch and the precision.
 BENCH_TRAIN_FLAGS = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
 
@@ -397,6 +400,7 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
         "top_k": args.top_k,
         "top_p": args.top_p,
         "seed": args.seed,
+        "stop": tuple(args.stop),
     }
 
 
@@ -406,9 +410,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = SampleConfig(start=args.start or "\n", length=args.length, num_samples=args.num_samples,
                           **_sample_options(args))  # fmt: skip
-    if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx"):
+    if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx" or config.stop):
         raise UsageError("--beam finds one continuation with the model itself, not an engine; "
-                         "drop --num-samples and --engine onnx")  # fmt: skip
+                         "drop --num-samples, --stop and --engine onnx")  # fmt: skip
     _set_threads(args.threads, config.num_samples)
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     start = args.start if model.items else config.start
@@ -462,13 +466,14 @@ def _report_novelty(model: Any, texts: list[str]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api import CharRNN
-    from .serve.server import ServerConfig, is_loopback, serve
+    from .serve.server import is_loopback, serve
 
-    config = ServerConfig(
-        host=args.host, port=args.port, allowed_hosts=tuple(args.allow_host),
-        cors_origins=tuple(args.cors_origin), max_length=args.max_length, max_start=args.max_start,
-        max_concurrent=args.max_concurrent, timeout=args.timeout,
-    )  # fmt: skip
+    options = {name: getattr(args, name) for name in SERVE_FLAGS}
+    if args.max_concurrent is not None:
+        print(f"{PROG}: warning: --max-concurrent is now called --max-batch", file=sys.stderr)
+        options["max_batch"] = args.max_concurrent
+    config = ServerConfig(allowed_hosts=tuple(args.allow_host), cors_origins=tuple(args.cors_origin),
+                          **options)  # fmt: skip
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     if not is_loopback(args.host):
         print(f"{PROG}: warning: listening on {args.host}: anyone who can reach this machine can use "

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import SampleConfig
 from ..data.items import ITEM_MARK
-from . import Engine
+from . import Engine, stream_texts
 
 
 def item_config(start: str | None, **options: Any) -> SampleConfig:
@@ -23,13 +23,20 @@ def stream_items(engine: Engine, config: SampleConfig, kind: str) -> Iterator[li
     """Per step, the next character of each item (config from `item_config`); "" once an
     item has ended. Stops when every item has ended. A line item also ends at a newline,
     which no line holds (a model early in training may still emit one)."""
-    ends = {ITEM_MARK, "\n"} if kind == "line" else {ITEM_MARK}
+    ends = (ITEM_MARK, "\n") if kind == "line" else (ITEM_MARK,)
     ended = [False] * config.num_samples
-    for step in engine.stream(config):
-        ended = [done or ch in ends for done, ch in zip(ended, step, strict=True)]
+    for step in stream_texts(engine, config):  # with stop strings, a step may hold more
+        pieces = []
+        for i, piece in enumerate(step):
+            cut = min((piece.find(end) for end in ends if end in piece), default=-1)
+            if ended[i] or cut >= 0:
+                piece = "" if ended[i] else piece[:cut]
+                ended[i] = True
+            pieces.append(piece)
+        if any(pieces):
+            yield pieces
         if all(ended):
             return
-        yield ["" if done else ch for done, ch in zip(ended, step, strict=True)]
 
 
 def generate_items(engine: Engine, config: SampleConfig, kind: str) -> list[str]:
