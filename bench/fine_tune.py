@@ -5,8 +5,8 @@
 
 Trains the defaults on Shakespeare for --base-minutes (or reuses --base), then, on the
 small text for --minutes each: from scratch with the defaults; from the Shakespeare run at
-each learning rate of --lrs; and at the first of them with the new characters' rows left
-at PyTorch's fresh initialisation instead of made from the known ones. Prints one line
+each learning rate of --lrs (new characters' rows as PyTorch initialises them); and at the
+first of them with those rows made from the mean of the known ones instead. Prints one line
 per run with its best validation loss (the last 10 % of the small text) and one JSON line.
 """
 
@@ -52,10 +52,10 @@ def main() -> int:
             out / f"tuned-{lr:g}", data=args.small, init_from=str(base), lr=lr, max_time=seconds
         )
         print(f"{name}: {figures[name]:.4f}", flush=True)
-    fine_tune.NEW_ROWS = "random"
-    name = f"init_from lr {lrs[0]:g}, new rows random"
+    fine_tune.NEW_ROWS = "mean"
+    name = f"init_from lr {lrs[0]:g}, new rows from the mean"
     figures[name] = trained(
-        out / "tuned-random-rows", data=args.small, init_from=str(base), lr=lrs[0], max_time=seconds
+        out / "tuned-mean-rows", data=args.small, init_from=str(base), lr=lrs[0], max_time=seconds
     )
     print(f"{name}: {figures[name]:.4f}", flush=True)
     print(json.dumps({"minutes": args.minutes, "small": args.small, "best_val_loss": figures}))

@@ -2,8 +2,8 @@
 
 The model keeps the origin's shape; the vocabulary is the origin's with the new text's
 characters added. A character both know keeps its learned rows of the embedding and the
-output layer; a new one gets rows made from the known ones (NEW_ROWS, chosen by
-measurement: README, Fine-tuning). The optimizer, the schedule and the step count start
+output layer; a new one starts as NEW_ROWS says (chosen by measurement: README,
+Fine-tuning). The optimizer, the schedule and the step count start
 afresh; the new run's config.json says where it came from.
 """
 
@@ -20,10 +20,11 @@ from ..model.network import CharRNNModel
 from ..run.folder import RunFolder, SavedRun
 from ..run.storage import read_tensors
 
-# How a character the origin never saw starts: "mean" gives its embedding the mean of the
-# known rows and its output row the mean weights with the lowest known bias (so that it
-# starts as likely as the rarest known character); "random" keeps PyTorch's fresh init.
-NEW_ROWS = "mean"
+# How a character the origin never saw starts: "random" keeps PyTorch's fresh init of its
+# rows; "mean" gives its embedding the mean of the known rows and its output row the mean
+# weights with the lowest known bias (as likely as the rarest known character). Measured
+# (README, Fine-tuning): "random" reached 1.3066 against 1.3286 for "mean".
+NEW_ROWS = "random"
 
 
 def open_origin(path: str | Path) -> SavedRun:
