@@ -22,7 +22,7 @@ from ..run.folder import RunFolder, SavedRun
 log = logging.getLogger("char_rnn")
 
 # Invocation options, not properties of the run: never saved in its config.json.
-NOT_SAVED = ("resume", "quiet")
+NOT_SAVED = ("resume", "quiet", "tensorboard")
 
 
 @dataclass(frozen=True)
