@@ -1,4 +1,4 @@
-"""The optional extras (serve, onnx, plot): the core imports none of them, and a command
+"""The optional extras (serve, onnx, plot, tensorboard): the core imports none of them, and a command
 that needs a missing one says in one line which pip command installs it.
 
 A missing package is simulated in a real subprocess of `python -m char_rnn` by a finder
@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_FLAGS
 from test_server import shared_tiny_run
 
-EXTRAS = ("fastapi", "onnx", "onnxruntime", "matplotlib")
+EXTRAS = ("fastapi", "onnx", "onnxruntime", "matplotlib", "tensorboard")
 
 # `python -m char_rnn ARGS` with the top-level packages named in sys.argv[1] (comma-separated)
 # unimportable; on the way out, whatever the exit, the last line of stderr lists the extras
@@ -88,8 +88,14 @@ def test_the_help_imports_none_of_the_extras():
             "onnx",
         ),
         (("matplotlib",), ("plot", "{run}", "--out", "{tmp}/c.png"), "char-rnn plot", "plot"),
+        (
+            ("tensorboard",),
+            ("train", "--data", "{run}/../small.txt", "--out", "{tmp}/run", "--tensorboard", "{tmp}/tb"),
+            "--tensorboard",
+            "tensorboard",
+        ),
     ],
-    ids=["serve without fastapi", "serve without uvicorn", "export", "engine onnx", "plot"],
+    ids=["serve without fastapi", "serve without uvicorn", "export", "engine onnx", "plot", "tensorboard"],
 )
 def test_a_missing_extra_is_one_line_naming_the_pip_command(tiny_run, tmp_path, refused, args, what, extra):
     done = run_without(refused, *(a.format(run=tiny_run, tmp=tmp_path) for a in args))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from .generate.items import generate_items, item_config, stream_items
 from .model.network import CharRNNModel
 from .novelty import CopyIndex, Novelty
 from .run.checkpoint import load_weights
+from .run.curves import CurvesPicture, draw_run
 from .run.folder import RunFolder
 from .train.loop import TrainResult, run_plan
 from .train.plan import plan_training
@@ -61,6 +63,7 @@ class CharRNN:
         self.model = model
         self.vocab = vocab
         self.run_config = run_config
+        self.run = Path(run) if run is not None else None  # the run folder it was loaded from
         # How stream/generate run the model (see char_rnn.generate); an engine that reads a
         # file of its own, as onnx does, finds it in `run`.
         self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
@@ -91,10 +94,21 @@ class CharRNN:
         return cls(model, saved.vocab, saved.payload, engine, run=folder.path, which=which)
 
     @classmethod
-    def train(cls, preset: str | None = None, **options: Any) -> CharRNN:
-        """Train with the given options (the CLI's flag names) and load the result."""
+    def train(cls, preset: str | None = None, *, progress: bool = True, **options: Any) -> CharRNN:
+        """Train with the given options (the CLI's flag names) and load the result.
+
+        In a terminal or a notebook a progress bar shows the loss as it trains, with a line
+        for each epoch; `progress=False` (as `quiet=True`) shows nothing (train/progress.py)."""
+        if not progress:
+            options["quiet"] = True
         result = train_run(preset=preset, **options)
         return cls.load(result.run)
+
+    def plot(self) -> CurvesPicture:
+        """The run's training curves: shown inline in a notebook; `.save(path)` writes the PNG."""
+        if self.run is None:
+            raise CharRNNError("this model was not loaded from a run folder: there are no curves to plot")
+        return draw_run(self.run)
 
     @property
     def config(self) -> ModelConfig:

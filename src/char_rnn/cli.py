@@ -236,20 +236,31 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
+    from .onnx import FORMATS
+
     p = _command(
         commands,
         "export",
-        help="write the model as ONNX",
-        description="Write RUN/model.onnx: one generation step, ids and state in, logits and state out.",
+        help="write the model as ONNX, or as a page that generates in the browser",
+        description=(
+            "Write RUN/model.onnx: one generation step, ids and state in, logits and state out. "
+            "--format web writes a folder with that model, a sampler and onnxruntime-web: "
+            "a page that generates in the browser, served by any static file server."
+        ),
         examples=(
             "char-rnn export runs/shakespeare",
             "char-rnn export runs/shakespeare --checkpoint best --out shakespeare.onnx",
+            "char-rnn export runs/shakespeare --format web --out site/ "
+            "&& python -m http.server --directory site/",
         ),
     )
     p.add_argument("run", help="run folder")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--format", choices=tuple(FORMATS), default="onnx",
+                   help="; ".join(f"{name}: {what}" for name, what in FORMATS.items()))  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    p.add_argument("--out", help="file to write (default RUN/model.onnx, which --engine onnx reads)")
+    p.add_argument("--out", help="file to write (default RUN/model.onnx, which --engine onnx reads); "
+                   "for web, a folder (default RUN/web)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="web: replace a folder that is not empty")
     p.set_defaults(handler=cmd_export)
 
 
@@ -494,7 +505,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .onnx.export import export
 
-    path = export(args.run, format=args.format, which=args.checkpoint, out=args.out)
+    path = export(args.run, format=args.format, which=args.checkpoint, out=args.out, force=args.force)
+    if args.format == "web":
+        from .web.export import folder_size
+
+        print(f"wrote {path} ({folder_size(path) / 1e6:.1f} MB); serve it with: "
+              f"python -m http.server --directory {path}")  # fmt: skip
+        return 0
     print(f"wrote {path}")
     return 0
 

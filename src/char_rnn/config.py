@@ -185,6 +185,12 @@ class TrainConfig:
         shown=" ",
     )
     quiet: bool = option(False, "no progress output", group=STOPPING, shown=" ")
+    tensorboard: str | None = option(
+        None,
+        "also log loss, bits/char, learning rate, chars/s and a sample to this TensorBoard folder",
+        group=STOPPING,
+        shown="none",
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.data), "data must name a file, a folder or 'shakespeare'")

@@ -22,8 +22,8 @@ from ..errors import CharRNNError, UsageError, require_extra
 from ..model.network import CharRNNModel, state_from_tensors, state_tensors
 from ..run.folder import ONNX_FILE, RunFolder
 from ..run.storage import sha256_file, write_atomic
+from . import FORMATS
 
-FORMATS = ("onnx",)
 OPSET = 17
 WEIGHTS_SHA256_KEY = "char_rnn.weights_sha256"
 CHECKPOINT_KEY = "char_rnn.checkpoint"
@@ -97,7 +97,14 @@ def export(
     format: str = "onnx",
     which: str = "latest",
     out: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> Path:
+    """Write the run's weights (`which`) in `format` (see FORMATS) to `out`; return its path.
+    `force` lets the web format replace a folder that is not empty."""
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if format == "web":
+        from ..web.export import export_web
+
+        return export_web(run, which=which, out=out, force=force)
     return export_onnx(run, which=which, out=out)

@@ -91,18 +91,37 @@ def render_curves(records: list[dict[str, Any]], title: str = "") -> bytes:
     return buffer.getvalue()
 
 
-def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Draw RUN/metrics.jsonl into `out` (default RUN/curves.png); return the path written."""
+@dataclass(frozen=True)
+class CurvesPicture:
+    """A run's training curves as a PNG; a notebook shows it inline (IPython's _repr_png_)."""
+
+    png: bytes
+    run: Path
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the PNG to `path` (default RUN/curves.png); return the path written."""
+        path = Path(path) if path is not None else self.run / CURVES_FILE
+        try:
+            write_atomic(path, self.png)
+        except OSError as error:
+            raise CharRNNError(f"cannot write {path}: {error.strerror}") from None
+        return path
+
+
+def draw_run(run: str | os.PathLike) -> CurvesPicture:
+    """The curves of RUN/metrics.jsonl, drawn (also while the run is still training)."""
     folder = RunFolder(run)
     if not folder.path.is_dir():
         raise CharRNNError(f"run folder {folder.path} does not exist")
     records = folder.read_metrics()
     if not records:
         raise CharRNNError(f"{folder.path} has no metrics.jsonl yet: train first")
-    path = Path(out) if out is not None else folder.path / CURVES_FILE
-    png = render_curves(records, title=folder.path.resolve().name)
-    try:
-        write_atomic(path, png)
-    except OSError as error:
-        raise CharRNNError(f"cannot write {path}: {error.strerror}") from None
-    return path
+    return CurvesPicture(render_curves(records, title=folder.path.resolve().name), folder.path)
+
+
+def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Draw RUN/metrics.jsonl into `out` (default RUN/curves.png); return the path written."""
+    return draw_run(run).save(out)

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -41,9 +40,11 @@ from ..model.network import CharRNNModel, State, detach_state, state_from_tensor
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
 from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
 from .average import WeightAverage
+from .board import Board, open_board
 from .distributed import Processes, process_group
 from .fine_tune import origin_record, start_from
 from .plan import Plan, check_same_text, fit_to_text, plan_for, run_config, training_corpus
+from .progress import open_progress
 from .schedule import learning_rate
 from .state import TrainingState
 
@@ -393,10 +394,11 @@ def run_plan(plan: Plan) -> TrainResult:
     with process_group(plan.train.device) as processes:
         if not processes.is_main:
             plan = replace(plan, train=replace(plan.train, quiet=True))  # one progress bar, rank 0's
-        return _train(_Trainer(plan, processes))
+        with open_board(plan.train.tensorboard if processes.is_main else None) as board:
+            return _train(_Trainer(plan, processes), board)
 
 
-def _train(trainer: _Trainer) -> TrainResult:
+def _train(trainer: _Trainer, board: Board) -> TrainResult:
     config, run, state = trainer.config, trainer.run, trainer.state
     finished = trainer.stop_reason()
     if finished is not None:
@@ -416,27 +418,30 @@ def _train(trainer: _Trainer) -> TrainResult:
         trainer.device.type,
         str(trainer.dtype).replace("torch.", ""),
     )
-    progress = _progress_bar(config, trainer.total_steps, state.step)
+    progress = open_progress(
+        config.quiet, trainer.total_steps, state.step, trainer.global_batch * config.seq_length
+    )
     window = _SpeedWindow(trainer.global_batch * config.seq_length)
     clock = _Clock(state)
     stopped, val, improved, last_loss = None, None, False, None
 
     def record(kind: str, **figures: Any) -> None:
         clock.tick()
-        run.append_metrics(
-            {
-                "kind": kind,
-                "step": state.step,
-                "epoch": state.epoch + 1,
-                "time": round(state.elapsed, 3),
-                **figures,
-            }
-        )
+        entry = {
+            "kind": kind,
+            "step": state.step,
+            "epoch": state.epoch + 1,
+            "time": round(state.elapsed, 3),
+            **figures,
+        }
+        run.append_metrics(entry)
+        board.add(entry)
 
     def validate() -> tuple[EvalResult | None, bool]:
         result, better = trainer.validate()
         if result is not None:
             record("val", val_loss=result.loss, val_bpc=result.bpc, val_chars=result.chars)
+            board.add_sample(trainer.evaluated_model, trainer.corpus.vocab, state.step, config.seed)
         return result, better
 
     with stop_on_signals() as request, progress:
@@ -453,24 +458,22 @@ def _train(trainer: _Trainer) -> TrainResult:
                     trainer.hidden = None  # every epoch starts its streams from a zero state
                 x, y = trainer.batches.get(state.epoch, state.batch)
                 loss = trainer.step(x, y)
-                progress.update(1)
+                progress.step(loss)
                 if loss is not None:
                     last_loss = loss
                     window.add(loss)
-                    progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 if state.step % config.log_every == 0 and window.steps:
                     mean, speed = window.close()
                     lr = trainer.optimizer.param_groups[0]["lr"]
                     record("train", loss=mean, lr=lr, chars_per_s=round(speed, 1))
-                    _say(
-                        progress,
+                    progress.say(
                         f"step {state.step}: loss {mean:.4f} ({mean / math.log(2):.3f} bpc), "
                         f"{speed:,.0f} chars/s",
                     )
                 if config.eval_every_steps and state.step % config.eval_every_steps == 0:
                     val, improved = validate()
                     if val is not None:
-                        _say(progress, f"step {state.step}:" + _val_text(val).lstrip(","))
+                        progress.say(f"step {state.step}:" + _val_text(val).lstrip(","))
             # ---- epoch end ----
             epoch_ended = state.batch >= per_epoch
             if epoch_ended:
@@ -479,8 +482,7 @@ def _train(trainer: _Trainer) -> TrainResult:
                 train_loss = trainer.epoch_train_loss
                 record("epoch_train", train_loss=train_loss, train_bpc=train_loss / math.log(2))
                 trainer.end_epoch(val, improved)
-                _say(
-                    progress,
+                progress.say(
                     f"epoch {state.epoch}: train loss {train_loss:.4f} "
                     f"({train_loss / math.log(2):.3f} bpc)" + _val_text(val),
                 )
@@ -574,18 +576,3 @@ def _draw_curves(run: RunFolder) -> None:
 
 def _val_text(val: EvalResult | None) -> str:
     return f", validation loss {val.loss:.4f} ({val.bpc:.3f} bpc)" if val else ""
-
-
-def _progress_bar(config: TrainConfig, total: int, initial: int):
-    from tqdm import tqdm
-
-    show = not config.quiet and sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True, leave=False)
-
-
-def _say(progress, message: str) -> None:
-    """A log line that does not break the progress bar."""
-    if progress.disable:
-        log.info(message)
-    else:
-        progress.write(message, file=sys.stderr)
