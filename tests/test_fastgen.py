@@ -134,6 +134,7 @@ def test_int8_loss_is_within_half_a_percent_of_fp32(trained, shakespeare_text):
     assert reference < 2.6  # a model that learned something (uniform is 4.1): the check means something
 
 
+@pytest.mark.slow  # kept out of the default run for its time budget (pytest -m slow runs it)
 def test_cli_engines_and_bench(trained):
     run = trained.run_config["train"]["out"]
     flags = ("--start", "ROMEO:", "--length", "80", "--seed", "2")
