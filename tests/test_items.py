@@ -267,3 +267,19 @@ def test_paragraph_items_are_generated_whole_with_a_blank_line_between(tmp_path)
     result = run_cli("generate", tmp_path / "poems", "--num-samples", "3", "--temperature", "0")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "\n\n".join(["roses are red\nviolets are blue"] * 3) + "\n"
+
+
+def test_the_server_makes_whole_items_of_an_items_run(names_run, tmp_path):
+    import httpx
+    from test_server import running_server
+
+    with (
+        running_server(names_run, log=tmp_path / "server.log") as (_, url),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        answer = client.post("/api/generate", json={"seed": 4, "length": 60})
+        started = client.post("/api/generate", json={"seed": 4, "start": "Ka", "length": 60})
+    assert answer.status_code == 200 and started.status_code == 200, answer.text
+    item = answer.json()["text"]
+    assert ITEM_MARK not in item and "\n" not in item and len(item) < 60
+    assert started.json()["text"].startswith("Ka") and ITEM_MARK not in started.json()["text"]

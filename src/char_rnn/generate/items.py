@@ -7,6 +7,7 @@ by default); a sample ends where the model emits the mark, or at `length` charac
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..config import SampleConfig
@@ -17,6 +18,15 @@ from . import Engine, stream_texts
 def item_config(start: str | None, **options: Any) -> SampleConfig:
     """The config an engine runs for items: the mark, then the item's beginning."""
     return SampleConfig(start=ITEM_MARK + (start or ""), **options)
+
+
+def item_request(config: SampleConfig, kind: str, *, start_given: bool) -> SampleConfig:
+    """A request for text turned into one for an item, for callers that take a whole
+    SampleConfig (the server): the mark before the start (empty unless given), and the
+    item's end as one more stop string."""
+    ends = (ITEM_MARK, "\n") if kind == "line" else (ITEM_MARK,)
+    start = config.start if start_given else ""
+    return replace(config, start=ITEM_MARK + start, stop=(*config.stop, *ends))
 
 
 def stream_items(engine: Engine, config: SampleConfig, kind: str) -> Iterator[list[str]]:

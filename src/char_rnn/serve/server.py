@@ -38,8 +38,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SampleConfig, ServerConfig
+from ..data.items import ITEM_MARK
 from ..errors import CharRNNError
 from ..generate.batch import open_batch
+from ..generate.items import item_request
 from ..generate.stops import check_stops
 from .batching import Refused, Scheduler, Ticket
 
@@ -226,6 +228,8 @@ def create_app(
             raise HTTPException(422, _validation_message(error)) from None
         try:
             sample = SampleConfig(**{**params.model_dump(), "stop": params.stop or ()})
+            if getattr(engine, "items", None):  # each request makes one whole item
+                sample = item_request(sample, engine.items, start_given="start" in params.model_fields_set)
             engine.vocab.check(sample.start, "the start string")
             check_stops(engine.vocab, sample.stop)
         except CharRNNError as error:
@@ -290,7 +294,10 @@ def create_app(
                 if kind == "text":
                     pieces.append(data)
                 elif kind == "done":
-                    return {"text": sample.start + "".join(pieces), "stop": data["stop"]}
+                    return {
+                        "text": sample.start.removeprefix(ITEM_MARK) + "".join(pieces),
+                        "stop": data["stop"],
+                    }
                 else:
                     raise HTTPException(data[0], data[1])
         finally:
