@@ -17,3 +17,10 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
          --extra-index-url https://pypi.org/simple
 fi
 pip install "torch==$TORCH_VERSION" -e ".[dev]"
+# onnxruntime-web's browser files, for `char-rnn export --format web` from this checkout
+# (fetched once from npm and checked against their pinned sha512; kept out of git).
+if command -v npm >/dev/null; then
+  .venv/bin/python scripts/vendor_web_runtime.py
+else
+  echo "setup: npm not found; char-rnn export --format web needs scripts/vendor_web_runtime.py first" >&2
+fi
