@@ -66,6 +66,6 @@ def test_the_tutorial_runs_and_shows_progress_curves_and_text(tmp_path, monkeypa
     for temperature in ("0.0", "0.5", "1.0"):
         assert f"--- temperature {temperature} ---\nROMEO:" in generated
     resumed, _ = outputs_of(cells[-1])
-    assert "validation loss" in resumed and "QUEEN:" in resumed
+    assert "before: 3 steps" in resumed and "after:  5 steps" in resumed and "QUEEN:" in resumed
     run = json.loads((tmp_path / "runs" / "tutorial" / "config.json").read_text())
     assert run["model"]["units"] == 128 and run["train"]["max_steps"] == 5
