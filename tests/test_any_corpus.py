@@ -44,6 +44,7 @@ def test_a_long_text_is_validated_and_saved_within_the_epoch():
     assert told.epochs == 3 and told.eval_every_steps == 50
 
 
+@pytest.mark.slow  # kept out of the default run for its time budget (pytest -m slow runs it)
 def test_a_short_poem_trains_and_generates_with_the_defaults(tmp_path, shakespeare_text):
     poem = tmp_path / "poem.txt"
     poem.write_text(shakespeare_text[:6_000], encoding="utf-8")

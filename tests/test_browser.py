@@ -84,5 +84,13 @@ def test_the_page_streams_generated_text(browser, tmp_path, tmp_path_factory, sh
 
         body = {"start": "ROMEO:", "length": 300, "seed": 5, "temperature": 0.8}
         expected = httpx.post(url + "api/generate", json=body, timeout=60).json()["text"]
+
+        # A stop string ("\n" typed means a newline): the text ends just before it.
+        fill("stop_at", "\\n")
+        element("generate").click()
+        WebDriverWait(browser, 60).until(lambda _: element("status").text.startswith("done: "))
+        stopped = generated()
+        assert element("status").text == f'done: {len(stopped)} characters (stopped at "\\n")'
     assert "ROMEO:" + shown == expected
+    assert stopped == shown[: shown.index("\n")]
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -109,6 +109,7 @@ def test_unknown_start_characters_are_listed(trained_run):
     assert "'Ω'" in done.stderr and "vocabulary" in done.stderr
 
 
+@pytest.mark.slow  # kept out of the default run for its time budget (pytest -m slow runs it)
 def test_help_has_examples():
     for command in ("train", "generate", "eval"):
         done = run_cli(command, "--help")

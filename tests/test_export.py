@@ -42,6 +42,7 @@ def lstm_run(tmp_path_factory, shakespeare_text) -> Path:
     return run
 
 
+@pytest.mark.slow  # kept out of the default run for its time budget (pytest -m slow runs it)
 def test_cli_export_then_greedy_text_is_the_same_on_both_engines(gru_run):
     done = run_cli("export", gru_run, "--format", "onnx")
     assert done.returncode == 0, done.stderr

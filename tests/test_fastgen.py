@@ -13,7 +13,7 @@ from char_rnn.data.vocab import Vocab
 from char_rnn.errors import UsageError
 from char_rnn.evaluate import evaluate, evaluate_steps
 from char_rnn.generate import DEFAULT_ENGINE, ENGINES, generate_texts, open_engine
-from char_rnn.generate.fast import FastEngine, FastGenerator, FastLoop
+from char_rnn.generate.fast import FastEngine, FastGenerator, FastLoop, row_settings
 from char_rnn.generate.sampling import draw_by_inverse_cdf, filter_logits, sample_next
 from char_rnn.model.network import CharRNNModel
 
@@ -107,11 +107,12 @@ def test_the_compiled_loop_and_the_eager_fallback_draw_the_same_text():
     assert generator.compiled
     eager = FastLoop(generator.loop.layers, generator.loop.head)
     uniforms = torch.rand((50, 2), generator=torch.Generator().manual_seed(0))
+    settings = SampleConfig(temperature=0.9)
     outs = []
     for loop in (generator.loop, eager):
         h, c = torch.zeros(2, 2, 24), torch.zeros(2, 2, 24)
         out = torch.empty(50, 2, dtype=torch.long)
-        loop(torch.zeros(2, len(VOCAB)), h, c, uniforms, out, 0.9, None, None)
+        loop(torch.zeros(2, len(VOCAB)), h, c, uniforms, out, row_settings([settings] * 2, len(VOCAB)))
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
 
@@ -133,6 +134,7 @@ def test_int8_loss_is_within_half_a_percent_of_fp32(trained, shakespeare_text):
     assert reference < 2.6  # a model that learned something (uniform is 4.1): the check means something
 
 
+@pytest.mark.slow  # kept out of the default run for its time budget (pytest -m slow runs it)
 def test_cli_engines_and_bench(trained):
     run = trained.run_config["train"]["out"]
     flags = ("--start", "ROMEO:", "--length", "80", "--seed", "2")

@@ -205,7 +205,9 @@ def test_many_kill_trials(tmp_path, corpus, reference):
 # ---- SIGINT / SIGTERM ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "status"), [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)]
+)
 def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path, corpus, sig, status):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "char_rnn", "train", "--data", str(corpus), "--out", str(out),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from conftest import TINY_MODEL, run_cli, tiny_train_config
 
 from char_rnn import CharRNN, train
+from char_rnn.config import SampleConfig
 from char_rnn.serve.server import ServerConfig, allowed_host_headers, is_loopback
 
 
@@ -65,7 +68,7 @@ def tiny_run(tmp_path_factory, shakespeare_text) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    flags = ("--max-concurrent", "1", "--max-length", "100000", "--max-start", "50")
+    flags = ("--max-batch", "1", "--max-queue", "0", "--max-length", "100000000", "--max-start", "50")
     with running_server(tiny_run, *flags, log=log) as (process, url):
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client, process
@@ -124,7 +127,7 @@ def test_stream_sends_the_text_in_chunks_then_done(server):
         assert response.headers["content-type"].startswith("text/event-stream")
         events = read_events(response)
     chunks = [data["text"] for name, data in events if name == "message"]
-    assert events[-1] == ("done", {"chars": 400})
+    assert events[-1] == ("done", {"chars": 400, "stop": None})
     assert len("".join(chunks)) == 400 and len(chunks) >= 1
     whole = client.post("/api/generate", json=body).json()["text"]
     assert "JULIET:" + "".join(chunks) == whole
@@ -134,7 +137,9 @@ def test_info_describes_the_model_and_the_limits(server):
     client, _ = server
     info = client.get("/api/info").json()
     assert info["cell"] == "gru" and info["units"] == TINY_MODEL.units
-    assert info["limits"]["max_length"] == 100000 and info["limits"]["max_concurrent"] == 1
+    assert info["limits"]["max_length"] == 100000000 and info["limits"]["max_concurrent"] == 1
+    assert info["batch"] == {"max": 1, "active": 0}
+    assert info["queue"]["max"] == 0 and info["queue"]["waiting"] == 0 and not info["draining"]
 
 
 # ---- bad requests: refused, and the server carries on ---------------------------------
@@ -144,7 +149,7 @@ def test_info_describes_the_model_and_the_limits(server):
     "body, status, words",
     [
         ({"length": -1}, 422, "length"),
-        ({"length": 100001}, 422, "less than or equal to 100000"),
+        ({"length": 100000001}, 422, "less than or equal to 100000000"),
         ({"length": "5"}, 422, "valid integer"),
         ({"start": "x" * 51}, 422, "at most 50 characters"),
         ({"start": ""}, 422, "start"),
@@ -206,11 +211,12 @@ def test_no_cors_headers_unless_asked(server):
 
 def test_too_many_generations_at_once_get_429_until_one_ends(server):
     client, _ = server
-    with client.stream("POST", "/api/stream", json={"length": 100000, "seed": 1}) as running:
+    with client.stream("POST", "/api/stream", json={"length": 100000000, "seed": 1}) as running:
         assert running.status_code == 200
-        next(running.iter_lines())  # a generation is under way and holds the only slot
+        lines = running.iter_lines()  # kept: a dropped iterator closes the connection
+        next(lines)  # a generation is under way and holds the only slot
         busy = client.post("/api/generate", json={"length": 5})
-        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert busy.status_code == 429 and int(busy.headers["retry-after"]) >= 1
         with client.stream("POST", "/api/stream", json={"length": 5}) as second:
             assert second.status_code == 429
     # The client went away mid-stream: its slot comes back and the server carries on.
@@ -262,10 +268,201 @@ def test_the_host_header_must_carry_the_port():
 
 
 @pytest.mark.parametrize(
-    "changes", [{"max_concurrent": 0}, {"timeout": 0.0}, {"timeout": float("nan")}, {"port": 70000}]
+    "changes",
+    [
+        {"max_batch": 0},
+        {"max_queue": -1},
+        {"queue_timeout": 0.0},
+        {"grace_period": -1.0},
+        {"timeout": 0.0},
+        {"timeout": float("nan")},
+        {"port": 70000},
+    ],  # fmt: skip
 )
 def test_invalid_server_settings_are_usage_errors(changes):
     from char_rnn import UsageError
 
     with pytest.raises(UsageError):
         ServerConfig(**changes)
+
+
+# ---- many readers: the batch, the queue, disconnects, shutdown ---------------------------
+
+
+async def _stream_until_cancelled(client: httpx.AsyncClient, body: dict, started: list) -> None:
+    async with client.stream("POST", "/api/stream", json=body) as response:
+        assert response.status_code == 200
+        async for _ in response.aiter_lines():
+            started.append(1)
+            await asyncio.sleep(3600)  # hold the stream open until cancelled
+
+
+def test_a_request_gives_the_same_text_alone_and_beside_63_others(tiny_run, tmp_path):
+    target = {"start": "ROMEO:", "length": 300, "temperature": 0.9, "top_k": 20, "seed": 42, "stop": "zqz"}
+    flags = ("--max-batch", "64", "--max-queue", "0", "--max-length", "1000000")
+    with running_server(tiny_run, *flags, log=tmp_path / "server.log") as (_, url):
+        alone = httpx.post(url + "api/generate", json=target, timeout=60).json()
+
+        async def beside_others() -> tuple[dict, dict, dict]:
+            limits = httpx.Limits(max_connections=100)
+            async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+                started: list = []
+                others = [
+                    asyncio.ensure_future(_stream_until_cancelled(client, {
+                        "start": "A" * (i % 4 + 1), "length": 1000000, "temperature": (0, 0.7, 1.2)[i % 3],
+                        "seed": i, **({"top_p": 0.8} if i % 2 else {})}, started))
+                    for i in range(63)
+                ]  # fmt: skip
+                while len(started) < 63:
+                    await asyncio.sleep(0.02)
+                before = (await client.get("/api/info")).json()
+                answer = (await client.post("/api/generate", json=target)).json()
+                after = (await client.get("/api/info")).json()
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
+                return answer, before, after
+
+        answer, before, after = asyncio.run(beside_others())
+    assert before["batch"] == {"max": 64, "active": 63} and after["batch"]["active"] == 63
+    assert answer == alone and len(alone["text"]) == len("ROMEO:") + 300 and alone["stop"] is None
+    kept = {k: v for k, v in target.items() if k not in ("start", "length")}
+    assert alone["text"] == CharRNN.load(tiny_run).generate("ROMEO:", 300, **kept)
+
+
+def info_of(url: str) -> dict:
+    return httpx.get(url + "api/info", timeout=30).json()
+
+
+def wait_for(condition, what: str, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_full_queue_answers_429_and_a_disconnect_frees_its_slot(tiny_run, tmp_path):
+    flags = ("--max-batch", "1", "--max-queue", "1", "--queue-timeout", "3", "--max-length", "1000000")
+    with running_server(tiny_run, *flags, log=tmp_path / "server.log") as (_, url):
+        first = httpx.Client(base_url=url, timeout=60)
+        with first.stream("POST", "/api/stream", json={"length": 1000000}) as running:
+            lines = running.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)  # it holds the only place in the batch
+            queued: dict = {}
+            waiter = threading.Thread(target=lambda: queued.update(
+                answer=httpx.post(url + "api/generate", json={"length": 5}, timeout=60)))  # fmt: skip
+            waiter.start()
+            wait_for(lambda: info_of(url)["queue"]["waiting"] == 1, "the second request never queued")
+            full = httpx.post(url + "api/generate", json={"length": 5}, timeout=60)
+            assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
+            assert "1 waiting" in full.json()["detail"]
+            waiter.join()  # the queued one waited its 3 s, then was told to come back
+            assert queued["answer"].status_code == 429 and "within 3 s" in queued["answer"].json()["detail"]
+            assert int(queued["answer"].headers["retry-after"]) >= 1
+            assert info_of(url)["batch"]["active"] == 1
+        first.close()  # the reader vanished mid-stream: its stream leaves the batch
+        wait_for(lambda: info_of(url)["batch"]["active"] == 0, "the slot was never freed")
+        assert httpx.post(url + "api/generate", json={"length": 5}, timeout=60).status_code == 200
+
+
+def test_sigterm_lets_running_streams_finish_then_ends_the_rest(tiny_run, tmp_path):
+    flags = ("--grace-period", "5", "--max-length", "10000000", "--timeout", "600")
+    with running_server(tiny_run, *flags, log=tmp_path / "server.log") as (process, url):
+        results: dict = {}
+
+        def read(name: str, length: int) -> None:
+            with httpx.stream("POST", url + "api/stream", json={"length": length, "seed": 1},
+                              timeout=60) as response:  # fmt: skip
+                results[name] = read_events(response)
+
+        readers = [threading.Thread(target=read, args=("short", 5_000)),
+                   threading.Thread(target=read, args=("endless", 10_000_000))]  # fmt: skip
+        for reader in readers:
+            reader.start()
+        wait_for(lambda: info_of(url)["batch"]["active"] + len(results) == 2, "the streams never started")
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: process.poll() is not None or _refused(url), "new requests were still taken")
+        for reader in readers:
+            reader.join(60)
+        process.wait(60)
+    short, endless = results["short"], results["endless"]
+    assert short[-1] == ("done", {"chars": 5_000, "stop": None})
+    assert endless[-1][0] == "error" and "shutting down" in endless[-1][1]["detail"]
+    assert sum(len(data.get("text", "")) for _, data in endless) > 0
+    assert process.returncode == -signal.SIGTERM
+
+
+def _refused(url: str) -> bool:
+    try:
+        return httpx.post(url + "api/generate", json={"length": 5}, timeout=5).status_code == 503
+    except httpx.TransportError:  # the socket is closed: refused before HTTP
+        return True
+
+
+@pytest.mark.slow
+def test_a_failing_stream_ends_alone_and_the_others_finish(tiny_run):
+    """A stream whose client's event loop is gone cannot be delivered to: it ends, the
+    batch and the other stream go on."""
+    from char_rnn.serve.server import open_scheduler
+
+    model = CharRNN.load(tiny_run)
+    scheduler = open_scheduler(model, ServerConfig(max_batch=4))
+    doomed_loop = asyncio.new_event_loop()
+    doomed = threading.Thread(target=doomed_loop.run_forever)
+    doomed.start()
+
+    async def submit_there():
+        return scheduler.submit(SampleConfig(length=1_000_000))
+
+    lost = asyncio.run_coroutine_threadsafe(submit_there(), doomed_loop).result()
+
+    async def survivor() -> str:
+        ticket = scheduler.submit(SampleConfig(start="ROMEO:", length=3000, seed=2))
+        await scheduler.admission(ticket)
+        doomed_loop.call_soon_threadsafe(doomed_loop.stop)
+        doomed.join()
+        doomed_loop.close()  # the other client's loop is gone while its stream runs
+        pieces = []
+        while (event := await ticket.next_event())[0] == "text":
+            pieces.append(event[1])
+        assert event == ("done", {"chars": 3000, "stop": None})
+        return "".join(pieces)
+
+    try:
+        text = asyncio.run(survivor())
+        wait_for(lambda: scheduler.info()["batch"]["active"] == 0, "the failed stream kept its row")
+    finally:
+        scheduler.close()
+    assert lost.cancelled is False and len(text) == 3000
+    assert "ROMEO:" + text == model.generate("ROMEO:", 3000, seed=2)
+
+
+@pytest.mark.parametrize("endpoint", ["/api/generate", "/api/stream"])
+def test_stop_strings_over_http(server, endpoint, tiny_run):
+    client, _ = server
+    free = client.post("/api/generate", json={"start": "ROMEO:", "length": 400, "seed": 9}).json()["text"]
+    stop = free[20:22]
+    body = {"start": "ROMEO:", "length": 400, "seed": 9, "stop": [stop, "qqqq"]}
+    expected = free[: free.find(stop, len("ROMEO:"))]
+    if endpoint == "/api/generate":
+        answer = client.post(endpoint, json=body).json()
+        assert answer == {"text": expected, "stop": stop}
+    else:
+        with client.stream("POST", endpoint, json=body) as response:
+            events = read_events(response)
+        assert "ROMEO:" + "".join(d["text"] for n, d in events if n == "message") == expected
+        assert events[-1] == ("done", {"chars": len(expected) - len("ROMEO:"), "stop": stop})
+    assert CharRNN.load(tiny_run).generate("ROMEO:", 400, seed=9, stop=stop) == expected
+    for bad, words in ((["", "x"], "at least 1 character"), ("Ω", "not in this model's vocabulary")):
+        refused = client.post(endpoint, json={"stop": bad})
+        assert refused.status_code == 422 and words in refused.json()["detail"]
+
+
+def test_stop_on_the_command_line(tiny_run):
+    free = run_cli("generate", tiny_run, "--start", "ROMEO:", "--length", "300", "--seed", "4").stdout
+    stop = free[30:32]
+    cut = run_cli("generate", tiny_run, "--start", "ROMEO:", "--length", "300", "--seed", "4", "--stop", stop)
+    assert cut.returncode == 0 and cut.stdout == free[: free.find(stop, len("ROMEO:"))] + "\n"
+    empty = run_cli("generate", tiny_run, "--stop", "")
+    assert empty.returncode == 2 and empty.stderr.count("\n") == 1
+    assert empty.stderr.startswith("char-rnn: error: stop strings must be non-empty")

@@ -18,18 +18,33 @@ import numpy as np
 
 from .config import ModelConfig, SampleConfig
 from .data.corpus import load_corpus
+from .data.items import ITEM_MARK, find_items
 from .data.vocab import Vocab
 from .device import resolve_device
 from .errors import CharRNNError, UsageError
-from .evaluate import CorpusEval, EvalResult, evaluate, evaluate_corpus, evaluate_windows
-from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine
+from .evaluate import (
+    CorpusEval,
+    EvalResult,
+    Score,
+    evaluate,
+    evaluate_corpus,
+    evaluate_items,
+    evaluate_windows,
+    score_text,
+)
+from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine, stream_texts
 from .generate.beam import BeamResult, beam_search
+from .generate.items import generate_items, item_config, stream_items
 from .model.network import CharRNNModel
+from .novelty import CopyIndex, Novelty
 from .run.checkpoint import load_weights
 from .run.curves import CurvesPicture, draw_run
 from .run.folder import RunFolder
 from .train.loop import TrainResult, run_plan
 from .train.plan import plan_training
+
+# How many items `generate_novel` may draw for each new one asked before it gives up.
+NOVEL_DRAWS_PER_ITEM = 20
 
 
 class CharRNN:
@@ -52,6 +67,7 @@ class CharRNN:
         # How stream/generate run the model (see char_rnn.generate); an engine that reads a
         # file of its own, as onnx does, finds it in `run`.
         self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
+        self.run_path = run
 
     @classmethod
     def load(
@@ -98,15 +114,72 @@ class CharRNN:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def stream(self, start: str = "\n", **options: Any) -> Iterator[list[str]]:
-        """Yield each step's next character for every sample, as it is generated."""
-        return self.engine.stream(SampleConfig(start=start, **options))
+    @property
+    def items(self) -> str | None:
+        """The kind of items the model learned ("line", "paragraph"), or None for one text."""
+        return self.run_config.get("train", {}).get("items")
 
-    def generate(self, start: str = "\n", length: int = 1000, **options: Any) -> str | list[str]:
-        """The start string plus `length` generated characters; a list when num_samples > 1."""
-        config = SampleConfig(start=start, length=length, **options)
-        texts = generate_texts(self.engine, config)
+    def stream(self, start: str | None = None, **options: Any) -> Iterator[list[str]]:
+        """Yield each step's next character for every sample, as it is generated; with
+        `stop=` strings, each step's text that became final (held back while it may still
+        be the beginning of a stop string), ending when every sample has stopped. For an
+        items model, an item that has ended yields "", and the stream stops when all have."""
+        if self.items:
+            return stream_items(self.engine, item_config(start, **options), self.items)
+        return stream_texts(self.engine, SampleConfig(start=_text_start(start), **options))
+
+    def generate(self, start: str | None = None, length: int = 1000, **options: Any) -> str | list[str]:
+        """The start string plus `length` generated characters (a newline starts by default);
+        a list when num_samples > 1. For an items model each sample is one item: the start
+        (empty by default) and what follows up to the item's end, at most `length` more.
+
+        `stop="\n\n"` (or a list of strings) ends a sample where it first writes one of
+        them; the text stops just before it."""
+        if self.items:
+            config = item_config(start, length=length, **options)
+            texts = generate_items(self.engine, config, self.items)
+        else:
+            config = SampleConfig(start=_text_start(start), length=length, **options)
+            texts = generate_texts(self.engine, config)
         return texts if config.num_samples > 1 else texts[0]
+
+    def novelty(self, samples: str | list[str]) -> list[Novelty]:
+        """For each sample, the longest span it shares with the training text and, for an
+        items model, whether it is one of the training items. The first call builds the
+        run's index (RUN/novelty/, the `novelty` extra); later ones read it."""
+        if self.run_path is None:
+            raise UsageError(
+                "novelty compares with a run's training text; load the model from its run folder"
+            )
+        index = CopyIndex.for_run(self.run_path)
+        samples = [samples] if isinstance(samples, str) else samples
+        return [index.novelty(sample, item=bool(self.items)) for sample in samples]
+
+    def generate_novel(self, num_samples: int, *, max_draws: int | None = None, **options: Any) -> list[str]:
+        """`num_samples` items that are not training items, drawn in rounds until there are
+        enough or `max_draws` items were drawn (default NOVEL_DRAWS_PER_ITEM per item asked).
+        With a seed the rounds use seed, seed + 1, ...; same seed, same items."""
+        if not self.items:
+            raise UsageError("only a model trained on items can make new items (train with --items)")
+        max_draws = max_draws or NOVEL_DRAWS_PER_ITEM * num_samples
+        index = self._copy_index()
+        seed = options.pop("seed", None)
+        novel: list[str] = []
+        for drawn in range(0, max_draws, num_samples):
+            round_seed = None if seed is None else seed + drawn // num_samples
+            batch = self.generate(num_samples=num_samples, seed=round_seed, **options)
+            novel += [item for item in batch if not index.has_item(item)]
+            if len(novel) >= num_samples:
+                return novel[:num_samples]
+        raise CharRNNError(
+            f"only {len(novel)} of {num_samples} items were new after {max_draws} draws: the model "
+            "mostly repeats its training items; use a higher temperature or a model trained less long"
+        )
+
+    def _copy_index(self) -> CopyIndex:
+        if self.run_path is None:
+            raise UsageError("novelty compares samples with a run's training text: load a run folder")
+        return CopyIndex.for_run(self.run_path)
 
     def beam_search(self, start: str = "\n", length: int = 200, beams: int = 4) -> BeamResult:
         """The likeliest continuation found keeping `beams` candidates (deterministic)."""
@@ -118,8 +191,17 @@ class CharRNN:
         return self.vocab.encode(text, what=what)
 
     def evaluate(self, text: str, *, streams: int = 16) -> EvalResult:
-        """Loss over the whole text with the state carried."""
+        """Loss over the whole text with the state carried; for an items model, over the
+        text's items, each whole."""
+        if self.items:
+            items = find_items(self.encode_text(text), self.vocab, self.items, what="the evaluation text")
+            return evaluate_items(self.model, items)
         return evaluate(self.model, self.encode_text(text), streams=streams)
+
+    def score(self, text: str) -> Score:
+        """Total bits, bits per character and each character's surprisal in bits; for an items
+        model each line (or paragraph) is scored as one item, its end included."""
+        return score_text(self.model, self.vocab, text, self.items)
 
     def evaluate_windows(self, text: str, *, window: int = 256) -> EvalResult:
         """Loss over independent windows, each from a zero state."""
@@ -143,10 +225,23 @@ class CharRNN:
         if own:
             data = _run_corpus(self.run_config)
             encoding = encoding or train.get("encoding", "utf-8")
-        corpus = load_corpus(str(data), encoding or "utf-8", vocab=self.vocab)
+        reserved = ITEM_MARK if self.items else ""
+        corpus = load_corpus(str(data), encoding or "utf-8", vocab=self.vocab, reserved=reserved)
         split = split or ("val" if own else "all")
         val_fraction = float(train.get("val_fraction", 0.1))
-        return evaluate_corpus(self.model, corpus, split=split, val_fraction=val_fraction, window=window)
+        return evaluate_corpus(
+            self.model,
+            corpus,
+            split=split,
+            val_fraction=val_fraction,
+            window=0 if self.items else window,
+            items=self.items,
+            seed=int(train.get("seed", 0)),
+        )
+
+
+def _text_start(start: str | None) -> str:
+    return SampleConfig.start if start is None else start
 
 
 def _run_corpus(run_config: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import PRESETS, ModelConfig, SampleConfig, TrainConfig, describe, field_names
+from .config import PRESETS, ModelConfig, SampleConfig, ServerConfig, TrainConfig, describe, field_names
 from .errors import CharRNNError, UsageError
 
 PROG = "char-rnn"
@@ -63,8 +63,9 @@ def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequ
         if kind is bool:
             target.add_argument(flag, action="store_true", default=default, help=describe(config_field))
             continue
+        bare = {"nargs": "?", "const": meta["bare"]} if meta.get("bare") else {}
         target.add_argument(flag, type=kind, default=default, choices=meta["choices"] or None,
-                            help=describe(config_field))  # fmt: skip
+                            help=describe(config_field), **bare)  # fmt: skip
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -92,8 +93,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
-    _add_config_flags(p, SampleConfig, ("start", "length", "temperature", "top_k", "top_p", "seed"),
+    _add_config_flags(p, SampleConfig, ("start",))  # None: the run's kind decides (items start empty)
+    _add_config_flags(p, SampleConfig, ("length", "temperature", "top_k", "top_p", "seed"),
                       given_only=False)  # fmt: skip
+    stop = SampleConfig.__dataclass_fields__["stop"]
+    p.add_argument("--stop", action="append", default=[], metavar="STRING", help=describe(stop))
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
@@ -133,6 +137,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
             "char-rnn generate runs/shakespeare --num-samples 4 --length 200",
             "char-rnn generate runs/shakespeare --engine onnx   # after char-rnn export",
             'char-rnn generate runs/shakespeare --start "ROMEO:" --beam 8 --length 100',
+            "char-rnn generate runs/shakespeare --stop $'\\n\\n' --num-samples 3   # one paragraph each",
         ),
     )
     _add_sampling(p)
@@ -141,6 +146,11 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, metavar="N",
                    help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default 1 for one sample, else one per core)")
+    p.add_argument("--novelty", action="store_true",
+                   help="report on stderr the longest span each sample shares with the training text "
+                        "(and for items, whether it is a training item)")  # fmt: skip
+    p.add_argument("--novel-only", action="store_true",
+                   help="for items: draw until --num-samples items are not training items")  # fmt: skip
     p.set_defaults(handler=cmd_generate)
 
 
@@ -171,6 +181,30 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_eval)
 
 
+def _add_score(commands: argparse._SubParsersAction) -> None:
+    p = _command(
+        commands,
+        "score",
+        help="how surprising a text is to a model, character by character",
+        description=(
+            "Total bits, bits per character and the surprisal (bits) of each character, each "
+            "given the text before it. For a run trained on items, each line (or paragraph) "
+            "is one item, scored from its start, its end included."
+        ),
+        examples=(
+            'char-rnn score runs/shakespeare "To be, or not to be"',
+            "char-rnn score runs/names --file candidates.txt --json",
+        ),
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("text", nargs="?", help="the text to score (or --file)")
+    p.add_argument("--file", help="score this file's text instead")
+    p.add_argument("--encoding", default="utf-8", help="of --file (default utf-8)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_score)
+
+
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     p = _command(
         commands,
@@ -182,22 +216,18 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         ),
         examples=(
             "char-rnn serve runs/shakespeare                     # then open http://127.0.0.1:8000/",
-            "char-rnn serve runs/shakespeare --port 9000 --max-concurrent 4",
+            "char-rnn serve runs/shakespeare --port 9000 --max-batch 32 --max-queue 100",
             "char-rnn serve runs/shakespeare --host 0.0.0.0 --allow-host mybox.lan",
             'curl -s localhost:8000/api/generate -d \'{"start": "ROMEO:", "length": 200}\'',
         ),
     )
     p.add_argument("run", help="run folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    _add_config_flags(p, ServerConfig, SERVE_FLAGS, given_only=False)
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="the old name of --max-batch")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another name the Host header may carry (repeatable)")  # fmt: skip
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from this origin call the API (repeatable; default none)")  # fmt: skip
-    p.add_argument("--max-length", type=int, default=5000, help="characters per request (default 5000)")
-    p.add_argument("--max-start", type=int, default=1000, help="start-text characters (default 1000)")
-    p.add_argument("--max-concurrent", type=int, default=2, help="generations at once (default 2)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     _add_engine(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -335,6 +365,7 @@ def build_parser() -> Parser:
     _add_train(commands)
     _add_generate(commands)
     _add_eval(commands)
+    _add_score(commands)
     _add_serve(commands)
     _add_export(commands)
     _add_plot(commands)
@@ -344,6 +375,10 @@ def build_parser() -> Parser:
 
 
 # ---- commands ------------------------------------------------------------------------
+
+# The serve flags that are plain ServerConfig fields (--allow-host and --cors-origin repeat).
+SERVE_FLAGS = ("host", "port", "max_length", "max_start", "max_batch", "max_queue", "queue_timeout",
+               "timeout", "grace_period")  # fmt: skip
 
 # What `bench train` varies: the model's shape, the batch and the precision.
 BENCH_TRAIN_FLAGS = ("cell", "embedding_dim", "units", "layers", "batch_size", "seq_length", "precision")
@@ -376,6 +411,7 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
         "top_k": args.top_k,
         "top_p": args.top_p,
         "seed": args.seed,
+        "stop": tuple(args.stop),
     }
 
 
@@ -383,41 +419,72 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .api import CharRNN
     from .config import SampleConfig
 
-    config = SampleConfig(start=args.start, length=args.length, num_samples=args.num_samples,
+    config = SampleConfig(start=args.start or "\n", length=args.length, num_samples=args.num_samples,
                           **_sample_options(args))  # fmt: skip
-    if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx"):
+    if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx" or config.stop):
         raise UsageError("--beam finds one continuation with the model itself, not an engine; "
-                         "drop --num-samples and --engine onnx")  # fmt: skip
+                         "drop --num-samples, --stop and --engine onnx")  # fmt: skip
     _set_threads(args.threads, config.num_samples)
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
-    model.vocab.check(config.start, "the start string")
+    start = args.start if model.items else config.start
+    model.vocab.check(start or "", "the start string")
     out = sys.stdout
     if args.beam is not None:
+        if model.items:
+            raise UsageError("--beam continues one text; this run was trained on items")
         print(model.beam_search(config.start, config.length, args.beam).text)
         return 0
-    if config.num_samples == 1:
-        out.write(config.start)
-        for (ch,) in model.stream(config.start, length=config.length, **_sample_options(args)):
+    if args.novel_only and not model.items:
+        raise UsageError("--novel-only makes new items: this run was not trained on items (--items)")
+    if config.num_samples == 1 and not (args.novelty or args.novel_only):
+        out.write(start or "")
+        for (ch,) in model.stream(start, length=config.length, **_sample_options(args)):
             out.write(ch)
             out.flush()
         out.write("\n")
         return 0
-    texts = model.generate(config.start, config.length, num_samples=config.num_samples,
-                           **_sample_options(args))  # fmt: skip
-    for i, text in enumerate(texts, 1):
-        out.write(f"==> sample {i} <==\n{text}\n\n")
+    if args.novel_only:
+        texts = model.generate_novel(
+            config.num_samples, start=start, length=config.length, **_sample_options(args)
+        )
+    else:
+        texts = model.generate(start, config.length, num_samples=config.num_samples, **_sample_options(args))
+    if model.items:
+        out.write(("\n\n" if model.items == "paragraph" else "\n").join(texts) + "\n")
+    else:
+        for i, text in enumerate(texts, 1):
+            out.write(f"==> sample {i} <==\n{text}\n\n")
+    if args.novelty:
+        out.flush()
+        _report_novelty(model, texts)
     return 0
+
+
+def _report_novelty(model: Any, texts: list[str]) -> None:
+    """Per sample, on stderr: its longest span found in the training text, and for items
+    whether it is a training item; then the share of new items."""
+    found = model.novelty(texts)
+    for i, novelty in enumerate(found, 1):
+        line = f"sample {i}: longest span in the training text {len(novelty.longest_copy)} characters"
+        line += f" {novelty.longest_copy!r}" if novelty.longest_copy else ""
+        if novelty.in_training is not None:
+            line += ", a training item" if novelty.in_training else ", a new item"
+        print(line, file=sys.stderr)
+    if model.items:
+        new = sum(not n.in_training for n in found)
+        print(f"new items: {new} of {len(found)} ({new / len(found):.0%})", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api import CharRNN
-    from .serve.server import ServerConfig, is_loopback, serve
+    from .serve.server import is_loopback, serve
 
-    config = ServerConfig(
-        host=args.host, port=args.port, allowed_hosts=tuple(args.allow_host),
-        cors_origins=tuple(args.cors_origin), max_length=args.max_length, max_start=args.max_start,
-        max_concurrent=args.max_concurrent, timeout=args.timeout,
-    )  # fmt: skip
+    options = {name: getattr(args, name) for name in SERVE_FLAGS}
+    if args.max_concurrent is not None:
+        print(f"{PROG}: warning: --max-concurrent is now called --max-batch", file=sys.stderr)
+        options["max_batch"] = args.max_concurrent
+    config = ServerConfig(allowed_hosts=tuple(args.allow_host), cors_origins=tuple(args.cors_origin),
+                          **options)  # fmt: skip
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
     if not is_loopback(args.host):
         print(f"{PROG}: warning: listening on {args.host}: anyone who can reach this machine can use "
@@ -474,6 +541,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"vocabulary   {info.vocab_size} characters: {info.vocab_preview}")
     if info.corpus:
         print(f"corpus       {info.corpus.get('source')} ({info.corpus.get('chars', 0):,} characters)")
+    if info.items:
+        print(f"items        {info.items.get('kind')}: {info.items.get('train_items', 0):,} for training, "
+              f"{info.items.get('val_items', 0):,} for validation")  # fmt: skip
+    if info.init_from:
+        added = info.init_from.get("added_chars") or ""
+        print(f"fine-tuned   from {info.init_from.get('run')}" + (f", adding {added!r}" if added else ""))
     minutes, seconds = divmod(round(info.seconds), 60)
     print(f"training     {info.steps:,} steps, {info.epochs} epoch(s), {minutes}m{seconds:02d}s"
           + (f", stopped by {info.stopped}" if info.stopped else ""))  # fmt: skip
@@ -559,11 +632,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
-        print(f"{result.what}: {result.chars:,} characters")
+        counted = f"{result.items:,} items, " if result.items else ""
+        print(f"{result.what}: {counted}{result.chars:,} characters" + (" and ends" if result.items else ""))
         print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char, "
               f"perplexity {result.perplexity:.3f}")  # fmt: skip
         if result.windows is not None:
             print(f"loss over independent {result.window}-character windows: {result.windows.loss:.4f}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .api import CharRNN
+
+    if (args.text is None) == (args.file is None):
+        raise UsageError("give the text to score, or --file FILE (one of them)")
+    if args.file is not None:
+        from .data.text import read_text
+
+        text = read_text(args.file, args.encoding)
+    else:
+        text = args.text
+    score = CharRNN.load(args.run, which=args.checkpoint).score(text)
+    if args.json:
+        print(json.dumps(score.as_dict(), ensure_ascii=False))
+        return 0
+    for ch, bits in zip(score.chars, score.bits, strict=True):
+        print(f"{'(end)' if ch is None else repr(ch):>8} {bits:7.3f}")
+    counted = f" in {score.items:,} items" if score.items else ""
+    print(f"{score.total_bits:.2f} bits over {len(score.bits):,} characters{counted}: "
+          f"{score.bits_per_char:.4f} bits/char")  # fmt: skip
     return 0
 
 

@@ -18,16 +18,27 @@ BATCHINGS = ("stateful", "shuffle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 ON_NONFINITE = ("stop", "skip")
+ITEMS = ("line", "paragraph")  # data/items.py
+# Fine-tuning's default learning rate (README, Fine-tuning: measured).
+FINE_TUNE_LR = 1e-3
 # The groups of `char-rnn train --help`.
 DATA, OPTIMIZATION, STOPPING = "data", "optimization", "stopping and checkpoints"
 
 
 def option(
-    default: Any, help: str, *, group: str = "", choices: tuple[str, ...] = (), shown: str = ""
+    default: Any,
+    help: str,
+    *,
+    group: str = "",
+    choices: tuple[str, ...] = (),
+    shown: str = "",
+    bare: str | None = None,
 ) -> Any:
     """A config field with what the CLI says of it: its help text, its group of flags, its
-    choices, and how its default reads where the value itself does not tell (`shown`)."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "shown": shown})
+    choices, how its default reads where the value itself does not tell (`shown`), and the
+    value its flag takes when given without one (`bare`: `--items` is `--items line`)."""
+    metadata = {"help": help, "group": group, "choices": choices, "shown": shown, "bare": bare}
+    return field(default=default, metadata=metadata)
 
 
 def describe(config_field: Field) -> str:
@@ -92,11 +103,32 @@ class TrainConfig:
     data: str = option("shakespeare", "text file, folder of text files, or 'shakespeare'", group=DATA)
     out: str = option("runs/latest", "run folder", group=STOPPING)
     encoding: str = option("utf-8", "encoding of the text files", group=DATA)
-    val_fraction: float = option(0.1, "last fraction of the text held out for validation", group=DATA)
+    items: str | None = option(
+        None,
+        "learn a list of items, each one whole: each non-blank line (--items), or each run of "
+        "lines between blank ones (--items paragraph)",
+        group=DATA,
+        choices=ITEMS,
+        shown="one long text",
+        bare="line",
+    )
+    val_fraction: float = option(
+        0.1,
+        "fraction held out for validation: the end of the text, or a random share of the items",
+        group=DATA,
+    )
+    init_from: str | None = option(
+        None,
+        "start from this run's weights (fine-tuning: a fresh optimizer, the vocabulary merged)",
+        group=OPTIMIZATION,
+        shown="new weights",
+    )
     batching: str = option("stateful", "stateful streams or shuffled windows", group=DATA, choices=BATCHINGS)
     batch_size: int = option(64, "sequences per batch", group=DATA)
     seq_length: int = option(100, "characters per sequence", group=DATA)
-    lr: float = option(3e-3, "Adam learning rate", group=OPTIMIZATION)
+    lr: float = option(
+        3e-3, "Adam learning rate", group=OPTIMIZATION, shown=f"0.003; {FINE_TUNE_LR:g} with --init-from"
+    )
     lr_schedule: str = option(
         "cosine", "learning-rate schedule after warmup", group=OPTIMIZATION, choices=SCHEDULES
     )
@@ -163,6 +195,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(bool(self.data), "data must name a file, a folder or 'shakespeare'")
         _require(bool(self.out), "out must name a folder")
+        _require(
+            self.items is None or self.items in ITEMS,
+            f"items must be one of {', '.join(ITEMS)}, got {self.items!r}",
+        )
+        _require(self.init_from is None or bool(self.init_from), "init_from must name a run folder")
         _finite("val_fraction", self.val_fraction)
         _require(
             0.0 <= self.val_fraction < 1.0,
@@ -232,9 +269,19 @@ class SampleConfig:
     top_p: float | None = option(None, "sample from the smallest set holding p of the mass", shown="1")
     seed: int | None = option(None, "the same seed gives the same text", shown="random")
     num_samples: int = option(1, "texts to generate together")
+    # A sample ends where it first completes one of these; its text stops just before it.
+    stop: tuple[str, ...] = option(
+        (), "end a sample when it emits this string, which is left out (repeatable)", shown="none"
+    )
 
     def __post_init__(self) -> None:
         _require(isinstance(self.start, str) and self.start != "", "start must be a non-empty string")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        object.__setattr__(self, "stop", stop)
+        _require(
+            all(isinstance(s, str) and s != "" for s in stop),
+            f"stop strings must be non-empty strings, got {list(stop)!r}",
+        )
         _require(
             isinstance(self.length, int) and self.length >= 0,
             f"length must be a non-negative integer, got {self.length!r}",
@@ -247,6 +294,55 @@ class SampleConfig:
             _finite("top_p", self.top_p)
             _require(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p!r}")
         _positive_int("num_samples", self.num_samples)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How `char-rnn serve` listens, and what it takes on at once (serve/)."""
+
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "port; 0 picks a free one", shown="8000")
+    allowed_hosts: tuple[str, ...] = ()  # extra names for the Host header, e.g. a LAN address
+    cors_origins: tuple[str, ...] = ()
+    max_length: int = option(5000, "characters per request")
+    max_start: int = option(1000, "start-text characters")
+    max_body: int = 16 * 1024
+    # Streams generated together in one batch. 64 was measured on a 2-core CPU with the
+    # tutorial's GRU 1024 (README, Serving): the most streams per step still gaining
+    # throughput, each still far faster than anyone reads.
+    max_batch: int = option(64, "streams generated together in one batch")
+    max_queue: int = option(64, "requests waiting for room in the batch; beyond them, 429")
+    queue_timeout: float = option(10.0, "seconds a request may wait in the queue before 429")
+    timeout: float = option(60.0, "seconds per request")
+    # After SIGTERM; below the 10 s that container runtimes give before SIGKILL.
+    grace_period: float = option(5.0, "seconds running streams may finish after SIGTERM")
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.port, int) and 0 <= self.port <= 65535,
+            f"port must be in 0..65535, got {self.port!r}",
+        )
+        for name in ("max_length", "max_start", "max_body", "max_batch"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and value > 0,
+                f"{name.replace('_', '-')} must be a positive integer, got {value!r}",
+            )
+        _require(
+            isinstance(self.max_queue, int) and self.max_queue >= 0,
+            f"max-queue must be a non-negative integer, got {self.max_queue!r}",
+        )
+        for name in ("timeout", "queue_timeout"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                f"{name.replace('_', '-')} must be a positive number of seconds, got {value!r}",
+            )
+        _require(
+            isinstance(self.grace_period, (int, float)) and math.isfinite(self.grace_period)
+            and self.grace_period >= 0,
+            f"grace-period must be a non-negative number of seconds, got {self.grace_period!r}",
+        )  # fmt: skip
 
 
 # Presets override the defaults of both configs; the CLI lets flags override them.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .data.corpus import Corpus
+from .data.items import IGNORED, Items, batch_bounds, find_items, split_items
+from .data.vocab import Vocab
 from .device import autocast
 from .errors import CharRNNError, UsageError
 from .model.network import CharRNNModel
@@ -139,6 +142,31 @@ def evaluate_windows(
     return EvalResult(loss=total / chars, chars=chars)
 
 
+@torch.no_grad()
+def evaluate_items(
+    model: CharRNNModel, items: Items, *, budget: int = 32_768, dtype: torch.dtype = torch.float32
+) -> EvalResult:
+    """Mean cross-entropy per prediction over whole items, each read from a zero state after
+    the item mark: every character, and the end of each item, is one prediction."""
+    if len(items) == 0:
+        raise ValueError("evaluation needs at least one item")
+    device = model.head.weight.device
+    was_training = model.training
+    model.eval()
+    order = np.argsort(items.lengths, kind="stable")
+    widths = items.lengths[order] + 1
+    bounds = batch_bounds(widths, max(budget, int(widths[-1])))
+    total = 0.0
+    for lo, hi in pairwise(bounds):
+        x, y = items.rows(order[lo:hi])
+        with autocast(device, dtype):
+            logits, _ = model(x.to(device))
+        logits = logits.float().transpose(1, 2)
+        total += float(F.cross_entropy(logits, y.to(device), ignore_index=IGNORED, reduction="sum"))
+    model.train(was_training)
+    return EvalResult(loss=total / items.predictions, chars=items.predictions)
+
+
 @dataclass(frozen=True)
 class CorpusEval:
     """A model's loss on one split of a corpus: with the state carried through the whole
@@ -149,6 +177,7 @@ class CorpusEval:
     carried: EvalResult
     window: int = 0
     windows: EvalResult | None = None
+    items: int = 0  # for a list of items: how many were scored, each whole
 
     @property
     def what(self) -> str:
@@ -174,6 +203,8 @@ class CorpusEval:
         figures = self.carried.as_dict()
         if self.windows is not None:
             figures[f"window_{self.window}_loss"] = self.windows.loss
+        if self.items:
+            figures["items"] = self.items
         return figures
 
 
@@ -185,11 +216,16 @@ def evaluate_corpus(
     val_fraction: float,
     window: int = 0,
     streams: int = 16,
+    items: str | None = None,
+    seed: int = 0,
 ) -> CorpusEval:
     """The loss on `corpus.part(split, val_fraction)`, the same split training makes; also
-    over independent windows of `window` characters unless it is 0."""
+    over independent windows of `window` characters unless it is 0. With `items` (a kind of
+    items), the loss over the split's items, each whole, split as training with `seed` did."""
     if window < 0:
         raise UsageError(f"window must be a positive number of characters (0: none), got {window}")
+    if items:
+        return _evaluate_item_corpus(model, corpus, split, val_fraction, items, seed)
     ids = corpus.part(split, val_fraction)
     what = f"{split} text of {corpus.source}"
     if len(ids) < 2:
@@ -201,6 +237,18 @@ def evaluate_corpus(
             raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
         windows = evaluate_windows(model, ids, window=window)
     return CorpusEval(corpus.source, split, carried, window, windows)
+
+
+def _evaluate_item_corpus(
+    model: CharRNNModel, corpus: Corpus, split: str, val_fraction: float, kind: str, seed: int
+) -> CorpusEval:
+    corpus.part(split, val_fraction)  # checks the split's name
+    found = find_items(corpus.ids, corpus.vocab, kind, what=f"corpus {corpus.source}")
+    train, val = split_items(found, val_fraction, seed)
+    part = {"all": found, "train": train, "val": val}[split]
+    if len(part) == 0:
+        raise CharRNNError(f"the {split} part of {corpus.source} holds no item")
+    return CorpusEval(corpus.source, split, evaluate_items(model, part), items=len(part))
 
 
 @torch.no_grad()
@@ -220,3 +268,80 @@ def evaluate_steps(
         logits, state = step(inputs[t].unsqueeze(1), state)
         losses[t] = F.cross_entropy(logits.float(), targets[t], reduction="none")
     return EvalResult(loss=float(losses[mask].sum() / mask.sum()), chars=int(mask.sum()))
+
+
+@dataclass(frozen=True)
+class Score:
+    """How surprising each character of a text is to a model: `bits[i]` is -log2 of the
+    probability the model gave `chars[i]` after everything before it. For items, each item
+    is scored from its mark and its end is scored too (`chars[i]` is None there)."""
+
+    chars: list[str | None]
+    bits: list[float]
+    items: int = 0
+
+    @property
+    def total_bits(self) -> float:
+        return float(sum(self.bits))
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.total_bits / max(len(self.bits), 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {
+            "total_bits": self.total_bits,
+            "bits_per_char": self.bits_per_char,
+            "chars": len(self.bits),
+            "surprisal": [{"char": c, "bits": b} for c, b in zip(self.chars, self.bits, strict=True)],
+        }
+        if self.items:
+            figures["items"] = self.items
+        return figures
+
+
+# A text is scored as if it followed a newline, as generation starts by default.
+SCORE_CONTEXT = "\n"
+
+
+@torch.no_grad()
+def score_text(model: CharRNNModel, vocab: Vocab, text: str, items: str | None = None) -> Score:
+    """The surprisal of every character of `text`: after a newline for one text (the first
+    character needs some context), or from the mark for each item of an items model."""
+    if not text:
+        raise CharRNNError("the text to score is empty")
+    ids = vocab.encode(text, what="the text to score")
+    was_training = model.training
+    model.eval()
+    try:
+        if items:
+            return _score_items(model, find_items(ids, vocab, items, what="the text to score"), vocab)
+        context = vocab.encode(SCORE_CONTEXT) if SCORE_CONTEXT in vocab else ids[:0]
+        if len(context) == 0 and len(ids) < 2:
+            raise CharRNNError("this model has no newline to start from: score at least two characters")
+        sequence = np.concatenate([context, ids]) if len(context) else ids
+        bits = _surprisal(model, sequence[None, :-1], sequence[None, 1:])[0]
+        scored = text if len(context) else text[1:]
+        return Score(list(scored), bits.tolist())
+    finally:
+        model.train(was_training)
+
+
+def _surprisal(model: CharRNNModel, inputs: np.ndarray, targets: np.ndarray) -> torch.Tensor:
+    device = model.head.weight.device
+    x = torch.as_tensor(np.asarray(inputs, dtype=np.int64), device=device)
+    y = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=device)
+    logits, _ = model(x)
+    nats = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORED, reduction="none")
+    return (nats / math.log(2)).cpu()
+
+
+def _score_items(model: CharRNNModel, items: Items, vocab: Vocab) -> Score:
+    chars: list[str | None] = []
+    bits: list[float] = []
+    for index in range(len(items)):
+        x, y = items.rows(np.array([index]))
+        item_bits = _surprisal(model, x.numpy(), y.numpy())[0]
+        chars += [*vocab.decode(items.item(index)), None]
+        bits += item_bits.tolist()
+    return Score(chars, bits, items=len(items))

@@ -13,6 +13,7 @@ is checked against its sha256 before it is used.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..errors import CharRNNError, UsageError
 from ..run.storage import sha256_file
 from .encoded import encode_text
 from .text import TextFiles, folder_files
-from .vocab import Vocab
+from .vocab import Vocab, describe_char
 
 SHAKESPEARE_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -138,12 +139,32 @@ def corpus_files(data: str, encoding: str = "utf-8") -> TextFiles:
     return TextFiles([path], encoding, str(path.resolve()), join_lines=False)
 
 
-def load_corpus(data: str, encoding: str = "utf-8", vocab: Vocab | None = None) -> Corpus:
+def load_corpus(
+    data: str,
+    encoding: str = "utf-8",
+    vocab: Vocab | None = None,
+    *,
+    extend: Iterable[str] = (),
+    reserved: str = "",
+) -> Corpus:
     """Encode a corpus (or reuse its cached encoding). With `vocab` (a model's), the corpus
     must use only that vocabulary's characters, and its ids are that vocabulary's: the
-    memory map itself when the vocabularies are equal, else translated as they are read."""
+    memory map itself when the vocabularies are equal, else translated as they are read.
+
+    Without `vocab`, the vocabulary is the text's characters with `extend` (a vocabulary to
+    keep, as a fine-tuned run keeps its origin's) and `reserved`: symbols of the model's own,
+    such as the item mark, which the text must not contain."""
     text = corpus_files(data, encoding)
     encoded = encode_text(text)
+    clashes = [ch for ch in reserved if ch in encoded.vocab]
+    if clashes:
+        raise CharRNNError(
+            f"corpus {text.source} contains {describe_char(clashes[0])}, which the model reserves "
+            "as a symbol of its own (the mark where an item ends); remove it from the text"
+        )
+    extend = set(extend) | set(reserved)
+    if vocab is None and not extend <= set(encoded.vocab.chars):
+        vocab = Vocab(set(encoded.vocab.chars) | extend)
     ids: np.ndarray | MappedIds = encoded.ids
     if vocab is not None and vocab != encoded.vocab:
         chars = "".join(encoded.vocab.chars)

@@ -150,3 +150,12 @@ def _file_code_points(
         if digest is not None:
             digest.update(b"\n")
         yield np.array([ord("\n")], np.uint8)
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """A whole file as one string, read as every corpus is (for texts that fit in memory)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CharRNNError(f"{path} is not a file")
+    text = TextFiles([file], encoding, str(file), join_lines=False)
+    return "".join(chunk.astype("<u4").tobytes().decode("utf-32-le") for chunk in text.code_points())

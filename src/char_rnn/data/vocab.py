@@ -38,6 +38,12 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.chars)
 
+    def __contains__(self, ch: object) -> bool:
+        return ch in self._index
+
+    def index(self, ch: str) -> int:
+        return self._index[ch]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.chars == other.chars
 

@@ -4,7 +4,8 @@ An engine is opened once on a model and its vocabulary (`open_engine`) and then 
 one call, `stream(config)`: an iterator that yields, per step, the next character of each
 of the `config.num_samples` texts, after checking the start string against the vocabulary.
 Every engine gives the start string, length, temperature, top-k and top-p the same meaning,
-and the same seed the same text on every run of that engine. Engines differ in speed and in
+and the same seed the same text on every run of that engine. Stop strings are applied
+above the engines (`stream_texts`, stops.py), the same way for all of them. Engines differ in speed and in
 the order of their random draws, so the same seed may give different texts on different ones.
 
 - fast: compiled loop, int8 or fp32 weights, CPU (the default; falls back to reference elsewhere)
@@ -32,10 +33,12 @@ from ..errors import UsageError
 from ..model.network import CharRNNModel
 from . import fast
 from .reference import ReferenceEngine
+from .stops import check_stops, stop_streams
 
 
 class Engine(Protocol):
     name: str
+    vocab: Vocab
 
     def stream(self, config: SampleConfig) -> Iterator[list[str]]: ...
 
@@ -100,10 +103,19 @@ def open_engine(
     return engine_kind(name).open(model, vocab, run, which)
 
 
+def stream_texts(engine: Engine, config: SampleConfig) -> Iterator[list[str]]:
+    """Per step, the new text of each sample: one character each, or with stop strings the
+    part that became final (stops.py). The start and stop strings are checked first."""
+    steps = engine.stream(config)
+    check_stops(engine.vocab, config.stop)
+    return stop_streams(steps, config)
+
+
 def generate_texts(engine: Engine, config: SampleConfig) -> list[str]:
-    """The start string followed by `length` generated characters, for each sample."""
+    """The start string followed by up to `length` generated characters, for each sample
+    (fewer where a stop string ended it)."""
     texts = [[config.start] for _ in range(config.num_samples)]
-    for step in engine.stream(config):
-        for text, ch in zip(texts, step, strict=True):
-            text.append(ch)
+    for step in stream_texts(engine, config):
+        for text, piece in zip(texts, step, strict=True):
+            text.append(piece)
     return ["".join(t) for t in texts]

@@ -9,9 +9,17 @@ steps, on weights prepared once:
   E_proj = Embedding @ W_ih^T + b_ih, shape (V, G*H) with G gates, looked up by id;
 - the recurrent matmuls (h @ W_hh^T, and W_ih of the layers above the first) use int8
   weights with a scale per output row (fbgemm dynamic quantization, VNNI on CPUs that
-  have it) or fp32 weights; the output layer stays fp32;
+  have it) or fp32 weights; the output layer keeps fp32 weights;
 - sampling is by inverse CDF from uniforms drawn ahead, per chunk, from the seeded
-  generator, through the same temperature/top-k/top-p filter as `sample_next`.
+  generator, through the same temperature/top-k/top-p filter as `sample_next`, with each
+  stream's own settings.
+
+Each row of a batch is computed as it would be alone, to the bit, so streams batched
+together (generate/batch.py) give the text each gives by itself: the int8 input range is
+pinned (see Int8Linear), the output layer accumulates in float64 (float32 GEMMs round a row
+differently with the number of rows; the float64 result rounds back to the same float32),
+and the sigmoid is written with exp (PyTorch's vectorized and scalar sigmoids differ in the
+last bit, and which one a row gets depends on where the row falls in the batch).
 
 Shapes: B streams, H hidden units, L layers, V vocabulary, K steps per chunk.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +40,7 @@ from ..config import SampleConfig
 from ..data.vocab import Vocab
 from ..errors import UsageError
 from ..model.network import CharRNNModel, state_tensors
-from .sampling import draw_by_inverse_cdf, filter_logits, make_generator
+from .sampling import draw_by_inverse_cdf, filter_logits_rows, make_generator
 
 WEIGHTS = ("auto", "int8", "fp32")
 CHUNK = 64  # steps per call: long enough to hide the call, short enough to stream smoothly
@@ -47,12 +56,33 @@ class FloatLinear(nn.Module):
         return torch.addmm(self.bias, x, self.weight.t())
 
 
+class WideLinear(nn.Module):
+    """x @ W^T + b accumulated in float64 and rounded to float32: the same result for a row
+    whatever rows are beside it (a float32 GEMM's rounding depends on their number)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.weight = weight.detach().double().clone()
+        self.bias = bias.detach().double().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.double(), self.weight.t()).float()
+
+
 class Int8Linear(nn.Module):
-    """x @ W^T + b with W in int8, one scale per output row; x is quantized per call."""
+    """x @ W^T + b with W in int8, one scale per output row; x is quantized per call.
+
+    Its inputs are recurrent states, which lie in [-1, 1] for every cell (tanh, or a
+    mixture of tanh outputs). fbgemm quantizes x with one range for the whole batch, from
+    its minimum and maximum; an extra row holding -1 and 1 pins that range, so each row is
+    quantized, and its integer product computed, exactly as it would be alone."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
         weight = weight.detach().float()
+        self.anchor = torch.zeros(1, weight.shape[1])
+        self.anchor[0, 0] = -1.0
+        self.anchor[0, -1] = 1.0
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
         zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
@@ -65,7 +95,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # reduce_range=True keeps the activation's products clear of 16-bit saturation on
         # CPUs without VNNI.
-        return torch.ops.quantized.linear_dynamic(x, self.packed, True)
+        rows = torch.cat([x, self.anchor], 0)
+        return torch.ops.quantized.linear_dynamic(rows, self.packed, True)[:-1]
 
 
 class TableLookup(nn.Module):
@@ -79,6 +110,11 @@ class TableLookup(nn.Module):
         return self.table.index_select(0, ids)
 
 
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + e^-x), the same to the bit in PyTorch's vectorized and scalar loops."""
+    return torch.reciprocal(torch.exp(-x).add_(1.0))
+
+
 class GRULayer(nn.Module):
     def __init__(self, input_proj: nn.Module, hidden_proj: nn.Module):
         super().__init__()
@@ -90,7 +126,7 @@ class GRULayer(nn.Module):
         gates_in = self.input_proj(x)  # (B, 3H): r, z, n
         gates_hidden = self.hidden_proj(h)
         # r and z in one add and one sigmoid over (B, 2H): fewer ops per character.
-        r, z = torch.sigmoid(gates_in[:, : 2 * units] + gates_hidden[:, : 2 * units]).chunk(2, 1)
+        r, z = _sigmoid(gates_in[:, : 2 * units] + gates_hidden[:, : 2 * units]).chunk(2, 1)
         n = torch.tanh(torch.addcmul(gates_in[:, 2 * units :], r, gates_hidden[:, 2 * units :]))
         return torch.lerp(n, h, z), c  # (1 - z) * n + z * h
 
@@ -104,8 +140,8 @@ class LSTMLayer(nn.Module):
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gates = self.input_proj(x) + self.hidden_proj(h)
         i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        c = _sigmoid(f) * c + _sigmoid(i) * torch.tanh(g)
+        return _sigmoid(o) * torch.tanh(c), c
 
 
 class TanhRNNLayer(nn.Module):
@@ -121,10 +157,40 @@ class TanhRNNLayer(nn.Module):
 _LAYERS = {"gru": GRULayer, "lstm": LSTMLayer, "rnn": TanhRNNLayer}
 
 
+class RowSettings(NamedTuple):
+    """Each stream's sampling settings, one row per stream (see `row_settings`)."""
+
+    temperature: torch.Tensor  # (B, 1); 1 where greedy, so that the filter can divide by it
+    greedy: torch.Tensor  # (B,) bool: temperature 0, the likeliest character
+    top_k: torch.Tensor  # (B, 1) int64; V: every character
+    top_p: torch.Tensor  # (B, 1); 1: the whole mass
+    any_greedy: bool
+    all_greedy: bool
+    use_top_k: bool
+    use_top_p: bool
+
+
+def row_settings(configs: list[SampleConfig], vocab_size: int) -> RowSettings:
+    temperatures = [float(c.temperature) for c in configs]
+    top_k = [vocab_size if c.top_k is None else min(c.top_k, vocab_size) for c in configs]
+    top_p = [1.0 if c.top_p is None else float(c.top_p) for c in configs]
+    greedy = [t == 0.0 for t in temperatures]
+    return RowSettings(
+        torch.tensor([[t or 1.0] for t in temperatures]),
+        torch.tensor(greedy, dtype=torch.bool),
+        torch.tensor([[k] for k in top_k], dtype=torch.long),
+        torch.tensor([[p] for p in top_p]),
+        any(greedy),
+        all(greedy),
+        any(k < vocab_size for k in top_k),
+        any(p < 1.0 for p in top_p),
+    )
+
+
 class FastLoop(nn.Module):
     """The compiled part. `h` and `c` (L, B, H) are updated in place; `c` is unused but for LSTM."""
 
-    def __init__(self, layers: list[nn.Module], head: FloatLinear):
+    def __init__(self, layers: list[nn.Module], head: WideLinear):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.head = head
@@ -145,17 +211,20 @@ class FastLoop(nn.Module):
         c: torch.Tensor,
         uniforms: torch.Tensor,
         out: torch.Tensor,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
+        rows: RowSettings,
     ) -> torch.Tensor:
-        """Draw K characters per stream into `out` (K, B) given the uniforms (K, B); return
-        the logits for the character after them."""
+        """Draw K characters per stream into `out` (K, B) given the uniforms (K, B) and each
+        stream's settings; return the logits for the character after them."""
         for t in range(uniforms.shape[0]):
-            if temperature == 0.0:
+            if rows.all_greedy:
                 ids = logits.argmax(1)
             else:
-                ids = draw_by_inverse_cdf(filter_logits(logits, temperature, top_k, top_p), uniforms[t])
+                filtered = filter_logits_rows(
+                    logits, rows.temperature, rows.top_k, rows.top_p, rows.use_top_k, rows.use_top_p
+                )
+                ids = draw_by_inverse_cdf(filtered, uniforms[t])
+                if rows.any_greedy:
+                    ids = torch.where(rows.greedy, logits.argmax(1), ids)
             out[t] = ids
             logits = self.step(ids, h, c)
         return logits
@@ -218,7 +287,7 @@ class FastGenerator:
                 else:
                     input_proj = linear(w_ih, b_ih)
                 layers.append(_LAYERS[cell](input_proj, linear(w_hh, b_hh)))
-            head = FloatLinear(model.head.weight, model.head.bias)
+            head = WideLinear(model.head.weight, model.head.bias)
         self.loop, self.compiled = compile_loop(FastLoop(layers, head))
 
     def zero_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,12 +306,11 @@ class FastGenerator:
         """From the logits (B, V) and state after the start string, yield (k, B) ids per chunk."""
         batch = logits.shape[0]
         out = torch.empty(CHUNK, batch, dtype=torch.long)  # reused: memory stays constant
-        temperature = float(config.temperature)
-        top_p = None if config.top_p is None else float(config.top_p)
+        rows = row_settings([config] * batch, logits.shape[1])
         for done in range(0, config.length, CHUNK):
             k = min(CHUNK, config.length - done)
             uniforms = torch.rand((k, batch), generator=generator)
-            logits = self.loop(logits, h, c, uniforms, out[:k], temperature, config.top_k, top_p)
+            logits = self.loop(logits, h, c, uniforms, out[:k], rows)
             yield out[:k]
 
     @torch.no_grad()

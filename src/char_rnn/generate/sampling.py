@@ -40,6 +40,33 @@ def filter_logits(
     return logits
 
 
+def filter_logits_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    use_top_k: bool,
+    use_top_p: bool,
+) -> torch.Tensor:
+    """`filter_logits` with each row's own settings: temperature (B, 1) (> 0; greedy rows
+    are the caller's), top_k (B, 1) (V or more: all) and top_p (B, 1) (1: all).
+
+    Every row is computed by itself, with no reduction across rows, so a row's result does
+    not depend on the rows beside it (streams batched together stay independent)."""
+    logits = logits.float() / temperature
+    if use_top_k:
+        ranked = torch.sort(logits, dim=-1, descending=True).values
+        kth_best = ranked.gather(-1, (top_k - 1).clamp(0, logits.shape[-1] - 1))
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if use_top_p:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop_sorted = (probs.cumsum(dim=-1) - probs >= top_p) & (top_p < 1.0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
 def draw_by_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Draw one id per row of `logits` (B, V) from its softmax, given uniforms (B,) in [0, 1).
 

@@ -7,6 +7,7 @@ Layout of a run folder:
     metrics.jsonl               every logged figure, one JSON object a line
     curves.png                  the training curves (`char-rnn plot`, and at the end of training)
     model.onnx                  the ONNX export (`char-rnn export`)
+    novelty/                    the training text's suffix array (`generate --novelty`)
     web/                        the static page (`char-rnn export --format web`)
     checkpoints/step-NNNNNNNNN/ one resumable checkpoint:
         model.safetensors       weights
@@ -43,6 +44,7 @@ BEST_FILE = "best.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 ONNX_FILE = "model.onnx"
+NOVELTY_DIR = "novelty"
 WEB_DIR = "web"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_FILE = "trainer.safetensors"

@@ -24,6 +24,8 @@ class RunInfo:
     vocab_size: int
     vocab_preview: str
     corpus: dict[str, Any]
+    items: dict[str, Any] = field(default_factory=dict)  # kind and counts, for a run on items
+    init_from: dict[str, Any] = field(default_factory=dict)  # the run a fine-tune started from
     steps: int = 0
     epochs: int = 0
     seconds: float = 0.0
@@ -97,6 +99,8 @@ def describe_run(run: str | os.PathLike) -> RunInfo:
         vocab_size=len(vocab),
         vocab_preview=preview_vocab(vocab),
         corpus=dict(saved.get("corpus", {})),
+        items=dict(saved.get("items") or {}),
+        init_from=dict(saved.get("init_from") or {}),
         steps=steps,
         epochs=epochs,
         seconds=seconds,

@@ -1,8 +1,9 @@
 """The web page and the HTTP API behind `char-rnn serve`.
 
     GET  /               the page: start text, length, temperature, top-k, top-p, Generate
-    GET  /api/info       the model and this server's limits
-    POST /api/generate   {"start", "length", "temperature", "top_k", "top_p", "seed"} -> {"text"}
+    GET  /api/info       the model, this server's limits, its batch and queue now
+    POST /api/generate   {"start", "length", "temperature", "top_k", "top_p", "seed", "stop"}
+                         -> {"text", "stop"}
     POST /api/stream     the same body -> server-sent events, one `data: {"text": ...}` per
                          chunk of new characters, then `event: done` (or `event: error`)
 
@@ -11,62 +12,43 @@ What keeps a local server safe to leave running:
 - the Host header must name this server (localhost, 127.0.0.1 or an allowed name, with the
   port), so a page from elsewhere that rebinds its DNS name to 127.0.0.1 cannot drive it;
 - no CORS headers unless origins are given;
-- bodies, start strings and lengths have limits (413, 422), as does the number of
-  generations running at once (429) and the time one may take (503);
+- bodies, start strings and lengths have limits (413, 422), as do the streams generated
+  at once and the requests waiting for room (429 with Retry-After beyond them) and the
+  time one may take (503);
 - the model is loaded once, before serving, through the safe loader; no endpoint loads
   files or fetches URLs.
-Generation is CPU-bound, so it runs in worker threads and the event loop stays free to
-answer other requests (and to refuse them) while text is being made.
+Generation runs in one worker thread that steps every request's stream together
+(batching.py), so the event loop stays free to answer other requests (and to refuse them)
+while text is being made.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
-import math
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
-from ..errors import CharRNNError, UsageError
+from ..config import SampleConfig, ServerConfig
+from ..data.items import ITEM_MARK
+from ..errors import CharRNNError
+from ..generate.batch import open_batch
+from ..generate.items import item_request
+from ..generate.stops import check_stops
+from .batching import Refused, Scheduler, Ticket
 
-# Characters pulled per trip to the worker thread: small enough for text to appear as it is
-# made, large enough that a fast model is not slowed by the hand-offs.
-CHUNK_SECONDS = 0.05
-CHUNK_CHARS = 256
+__all__ = ["ServerConfig", "create_app", "serve"]
+
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    allowed_hosts: tuple[str, ...] = ()  # extra names for the Host header, e.g. a LAN address
-    cors_origins: tuple[str, ...] = ()
-    max_length: int = 5000
-    max_start: int = 1000
-    max_body: int = 16 * 1024
-    max_concurrent: int = 2
-    timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
-            raise UsageError(f"port must be in 0..65535, got {self.port!r}")
-        for name in ("max_length", "max_start", "max_body", "max_concurrent"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise UsageError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise UsageError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+MAX_STOPS, MAX_STOP_CHARS = 8, 100
 
 
 def is_loopback(host: str) -> bool:
@@ -105,34 +87,7 @@ def allowed_host_headers(config: ServerConfig, port: int) -> set[str]:
 
 # ---- requests -----------------------------------------------------------------------
 
-
-class GenerationTimeout(Exception):
-    pass
-
-
-class Slots:
-    """Counts generations running at once; the event loop is one thread, so no lock."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.free = limit
-
-    def take(self) -> Slot | None:
-        if self.free <= 0:
-            return None
-        self.free -= 1
-        return Slot(self)
-
-
-class Slot:
-    def __init__(self, slots: Slots):
-        self.slots: Slots | None = slots
-
-    def release(self) -> None:
-        """Give the slot back; a second call does nothing."""
-        if self.slots is not None:
-            self.slots.free += 1
-            self.slots = None
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 def _request_model(config: ServerConfig) -> type[BaseModel]:
@@ -146,6 +101,8 @@ def _request_model(config: ServerConfig) -> type[BaseModel]:
         top_k: int | None = Field(None, ge=1)
         top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
         seed: int | None = Field(None, ge=0, le=MAX_SEED)
+        # One string or a list: the text ends just before the first one it writes.
+        stop: StopString | list[StopString] | None = Field(None, max_length=MAX_STOPS)
 
     return GenerateRequest
 
@@ -158,20 +115,6 @@ def _validation_message(error: Any) -> str:
     return "; ".join(parts)
 
 
-def _collect(iterator: Iterator[list[str]], deadline: float, limit_chars: int, limit_seconds: float) -> str:
-    """Pull up to `limit_chars` characters (or `limit_seconds` worth) from a generation."""
-    chars: list[str] = []
-    until = time.monotonic() + limit_seconds
-    for (ch,) in iterator:
-        chars.append(ch)
-        now = time.monotonic()
-        if now > deadline:
-            raise GenerationTimeout
-        if len(chars) >= limit_chars or now >= until:
-            break
-    return "".join(chars)
-
-
 def _sse(data: dict[str, Any], event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -180,19 +123,21 @@ def _sse(data: dict[str, Any], event: str | None = None) -> str:
 # ---- the application -------------------------------------------------------------------
 
 
-class SlotStreamingResponse(StreamingResponse):
-    """Gives its slot back however the response ends, even when the client left before
-    the body's generator ever started (whose `finally` would then never run)."""
+class TicketStreamingResponse(StreamingResponse):
+    """Withdraws its ticket however the response ends, even when the client left before
+    the body's generator ever started (whose `finally` would then never run): the stream
+    leaves the batch before its next round."""
 
-    def __init__(self, slot: Slot, *args: Any, **kwargs: Any):
+    def __init__(self, scheduler: Scheduler, ticket: Ticket, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.slot = slot
+        self.scheduler = scheduler
+        self.ticket = ticket
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.slot.release()
+            self.scheduler.withdraw(self.ticket)
 
 
 SECURITY_HEADERS = [
@@ -243,16 +188,28 @@ class HostGuard:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(engine: Any, config: ServerConfig, port: int, *, description: str = ""):
+def open_scheduler(engine: Any, config: ServerConfig) -> Scheduler:
+    """The worker that batches every request's stream, for a loaded model (a CharRNN)."""
+    return Scheduler(
+        open_batch(engine.engine), max_batch=config.max_batch, max_queue=config.max_queue,
+        queue_timeout=config.queue_timeout, timeout=config.timeout,
+    )  # fmt: skip
+
+
+def create_app(
+    engine: Any, config: ServerConfig, port: int, *, description: str = "", scheduler: Scheduler | None = None
+):
     """The FastAPI application around one loaded model (a CharRNN, whatever its engine).
 
-    `port` is the port actually listened on, which the Host check needs."""
+    `port` is the port actually listened on, which the Host check needs; `scheduler` the
+    worker that generates (by default one is opened here). The returned application keeps
+    it as `.scheduler`."""
     GenerateRequest = _request_model(config)
     static = resources.files("char_rnn.serve") / "static"
     page = (static / "index.html").read_text(encoding="utf-8")
     script = (static / "app.js").read_text(encoding="utf-8")
     style = (static / "style.css").read_text(encoding="utf-8")
-    slots = Slots(config.max_concurrent)
+    scheduler = scheduler or open_scheduler(engine, config)
 
     app = FastAPI(title="char-rnn", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -270,28 +227,24 @@ def create_app(engine: Any, config: ServerConfig, port: int, *, description: str
         except ValidationError as error:
             raise HTTPException(422, _validation_message(error)) from None
         try:
-            engine.vocab.check(params.start, "the start string")
+            sample = SampleConfig(**{**params.model_dump(), "stop": params.stop or ()})
+            if getattr(engine, "items", None):  # each request makes one whole item
+                sample = item_request(sample, engine.items, start_given="start" in params.model_fields_set)
+            engine.vocab.check(sample.start, "the start string")
+            check_stops(engine.vocab, sample.stop)
         except CharRNNError as error:
             raise HTTPException(422, str(error)) from None
-        return params
+        return sample
 
-    def take_slot() -> Slot:
-        slot = slots.take()
-        if slot is None:
-            raise HTTPException(
-                429,
-                f"{config.max_concurrent} generation(s) already running; try again shortly",
-                headers={"Retry-After": "1"},
-            )
-        return slot
-
-    def start_stream(params: Any) -> Iterator[list[str]]:
-        options = params.model_dump(exclude={"start", "length"})
-        return iter(engine.stream(params.start, length=params.length, **options))
-
-    timeout_message = (
-        f"generation stopped after the server's limit of {config.timeout:g} s; ask for fewer characters"
-    )
+    async def start(sample: SampleConfig) -> Ticket:
+        """A place in the batch, waited for in the queue; 429/503 when there is none."""
+        try:
+            ticket = scheduler.submit(sample)
+            await scheduler.admission(ticket)
+        except Refused as refusal:
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+            raise HTTPException(refusal.status, refusal.detail, headers=headers) from None
+        return ticket
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -318,49 +271,59 @@ def create_app(engine: Any, config: ServerConfig, port: int, *, description: str
                 "max_length": config.max_length,
                 "max_start": config.max_start,
                 "max_body": config.max_body,
-                "max_concurrent": config.max_concurrent,
+                "max_concurrent": config.max_batch,  # the name before batching, kept for clients
+                "max_batch": config.max_batch,
+                "max_queue": config.max_queue,
+                "queue_timeout_s": config.queue_timeout,
                 "timeout_s": config.timeout,
             },
+            **scheduler.info(),
         }
 
     @app.post("/api/generate")
-    async def generate(request: Request) -> dict[str, str]:
-        params = await read_request(request)
-        slot = take_slot()
-        deadline = time.monotonic() + config.timeout
+    async def generate(request: Request) -> dict[str, Any]:
+        sample = await read_request(request)
+        ticket = await start(sample)
+        # A client that hangs up withdraws its request, as a stream's does.
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        watcher.add_done_callback(lambda _: scheduler.withdraw(ticket))
+        pieces = []
         try:
-            iterator = start_stream(params)
-            text = await run_in_threadpool(_collect, iterator, deadline, params.length, math.inf)
-        except GenerationTimeout:
-            raise HTTPException(503, timeout_message) from None
+            while True:
+                kind, data = await ticket.next_event()
+                if kind == "text":
+                    pieces.append(data)
+                elif kind == "done":
+                    return {
+                        "text": sample.start.removeprefix(ITEM_MARK) + "".join(pieces),
+                        "stop": data["stop"],
+                    }
+                else:
+                    raise HTTPException(data[0], data[1])
         finally:
-            slot.release()
-        return {"text": params.start + text}
+            watcher.cancel()
+            scheduler.withdraw(ticket)
 
     @app.post("/api/stream")
     async def stream(request: Request) -> StreamingResponse:
-        params = await read_request(request)
-        slot = take_slot()
-        deadline = time.monotonic() + config.timeout
+        sample = await read_request(request)
+        ticket = await start(sample)
 
         async def events() -> AsyncIterator[str]:
-            try:
-                iterator = start_stream(params)
-                sent = 0
-                while True:
-                    chunk = await run_in_threadpool(_collect, iterator, deadline, CHUNK_CHARS, CHUNK_SECONDS)
-                    if not chunk:
-                        break
-                    sent += len(chunk)
-                    yield _sse({"text": chunk})
-                yield _sse({"chars": sent}, event="done")
-            except GenerationTimeout:
-                yield _sse({"detail": timeout_message}, event="error")
-            finally:
-                slot.release()
+            while True:
+                kind, data = await ticket.next_event()
+                if kind == "text":
+                    yield _sse({"text": data})
+                elif kind == "done":
+                    yield _sse(data, event="done")
+                    return
+                else:
+                    yield _sse({"detail": data[1]}, event="error")
+                    return
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return SlotStreamingResponse(slot, events(), media_type="text/event-stream", headers=headers)
+        return TicketStreamingResponse(scheduler, ticket, events(), media_type="text/event-stream",
+                                       headers=headers)  # fmt: skip
 
     @app.exception_handler(CharRNNError)
     async def library_error(_request: Request, error: CharRNNError) -> JSONResponse:
@@ -376,7 +339,15 @@ def create_app(engine: Any, config: ServerConfig, port: int, *, description: str
             allow_methods=["GET", "POST"],
             allow_headers=["content-type"],
         )
-    return HostGuard(guarded, allowed_host_headers(config, port))
+    guard = HostGuard(guarded, allowed_host_headers(config, port))
+    guard.scheduler = scheduler
+    return guard
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns once the client has gone (the body was read whole before this is called)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # ---- running ---------------------------------------------------------------------------
@@ -414,15 +385,28 @@ def serve(
     """Serve until SIGINT/SIGTERM. `on_ready(url)` is called once the socket is listening."""
     import uvicorn
 
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT the scheduler drains first: no new requests, and the running
+        streams end within the grace period; uvicorn then waits for their responses."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            scheduler.drain(config.grace_period)
+            super().handle_exit(sig, frame)
+
     sock = listen(config.host, config.port)
-    app = create_app(engine, config, sock.getsockname()[1], description=description)
-    server = uvicorn.Server(
+    scheduler = open_scheduler(engine, config)
+    app = create_app(engine, config, sock.getsockname()[1], description=description, scheduler=scheduler)
+    server = DrainingServer(
         uvicorn.Config(
-            app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off", server_header=False
+            app, log_level="warning", timeout_graceful_shutdown=config.grace_period + 2, lifespan="off",
+            server_header=False,
         )
-    )
+    )  # fmt: skip
     # uvicorn set its loggers to log_level above; the request log is one line a request.
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else logging.WARNING)
     if on_ready is not None:
         on_ready(url_of(sock))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        scheduler.close()

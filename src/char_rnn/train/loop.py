@@ -26,22 +26,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, TrainConfig, with_vocab
 from ..data.batches import make_batches
-from ..data.corpus import load_corpus
+from ..data.items import ItemBatches, find_items, split_items
 from ..device import autocast, keep_freed_memory, resolve_precision
 from ..errors import CharRNNError
-from ..evaluate import EvalResult, evaluate
+from ..evaluate import EvalResult, evaluate, evaluate_items
 from ..model.network import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
 from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
 from .average import WeightAverage
 from .board import Board, open_board
 from .distributed import Processes, process_group
-from .plan import Plan, check_same_text, fit_to_text, plan_for, run_config
+from .fine_tune import origin_record, start_from
+from .plan import Plan, check_same_text, fit_to_text, plan_for, run_config, training_corpus
 from .progress import open_progress
 from .schedule import learning_rate
 from .state import TrainingState
@@ -93,28 +95,41 @@ class _Trainer:
         if plan.saved is None:
             self.run.prepare_new()
         with processes.main_first():  # one process fills the encoded-corpus cache
-            self.corpus = load_corpus(config.data, config.encoding)
+            self.corpus = training_corpus(plan)
         self.model_config = with_vocab(plan.model, len(self.corpus.vocab))
         if plan.saved is not None:
             check_same_text(plan.saved, self.corpus, self.model_config)
-        self.train_ids, val_ids = self.corpus.split(config.val_fraction)
-        self.config = config = fit_to_text(config, len(self.train_ids), processes.world_size)
-        self.batches = make_batches(
-            self.train_ids,
-            config.batching,
-            config.batch_size,
-            config.seq_length,
-            config.seed,
-            processes.rank,
-            processes.world_size,
-        )
-        val_ids = val_ids[: config.val_max_chars]
-        self.val_ids = val_ids if len(val_ids) >= 2 else val_ids[:0]
+        self.records: dict[str, Any] = {}
+        if config.items:
+            self._split_items(config)
+        else:
+            self.train_ids, val_ids = self.corpus.split(config.val_fraction)
+            self.train_chars = len(self.train_ids)
+            val_ids = val_ids[: config.val_max_chars]
+            self.val_ids = val_ids if len(val_ids) >= 2 else val_ids[:0]
+        self.config = config = fit_to_text(config, self.train_chars, processes.world_size)
+        if config.items:
+            self.batches = ItemBatches(
+                self.train_items, config.batch_size, config.seq_length, config.seed, processes.world_size
+            )
+        else:
+            self.batches = make_batches(
+                self.train_ids,
+                config.batching,
+                config.batch_size,
+                config.seq_length,
+                config.seed,
+                processes.rank,
+                processes.world_size,
+            )
 
         self.device = processes.device
         self.dtype = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model = CharRNNModel(self.model_config).to(self.device)
+        if plan.origin is not None:
+            start_from(self.model, config.init_from, plan.origin, self.corpus.vocab)
+            self.records["init_from"] = origin_record(config.init_from, plan.origin, self.corpus.vocab)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -126,8 +141,32 @@ class _Trainer:
             with processes.main_first():  # rank 0 tidies the folder before others read it
                 self._restore(plan)
         else:
-            self.run.write_config(run_config(self.model_config, config, self.corpus))
+            self.run.write_config(run_config(self.model_config, config, self.corpus, **self.records))
         self.forward_model = processes.wrap(self.model)
+
+    def _split_items(self, config: TrainConfig) -> None:
+        """The training and validation items, the latter at most val_max_chars long."""
+        what = f"corpus {self.corpus.source}"
+        items = find_items(self.corpus.ids, self.corpus.vocab, config.items, what=what)
+        self.train_items, val_items = split_items(items, config.val_fraction, config.seed)
+        self.train_chars = self.train_items.predictions
+        fits = np.cumsum(val_items.lengths + 1) <= config.val_max_chars
+        self.val_items = val_items.take(np.flatnonzero(fits))
+        self.records["items"] = {
+            "kind": config.items,
+            "train_items": len(self.train_items),
+            "val_items": len(self.val_items),
+            "val_chars": self.val_items.chars,
+        }
+        log.info(
+            "%d %s items: %d for training (%d characters), %d for validation (%d characters)",
+            len(items),
+            config.items,
+            len(self.train_items),
+            self.train_items.chars,
+            len(self.val_items),
+            self.val_items.chars,
+        )
 
     @property
     def total_steps(self) -> int:
@@ -173,9 +212,8 @@ class _Trainer:
         if self._own_stop_reason() is None:
             # Record the options this invocation resumed with (e.g. a new max_steps), and
             # forget what a killed invocation logged after the checkpoint: it is redone.
-            self.run.write_config(
-                {**plan.saved.payload, **run_config(self.model_config, self.config, self.corpus)}
-            )
+            resumed = run_config(self.model_config, self.config, self.corpus, **self.records)
+            self.run.write_config({**plan.saved.payload, **resumed})
             self.run.forget_metrics_after(self.state.step)
         log.info("resumed from %s (step %d, epoch %d)", folder.name, self.state.step, self.state.epoch + 1)
 
@@ -294,6 +332,10 @@ class _Trainer:
         return val, True
 
     def _validation_loss(self) -> EvalResult | None:
+        if self.config.items:
+            if len(self.val_items) == 0:
+                return None
+            return evaluate_items(self.evaluated_model, self.val_items, dtype=self.dtype)
         if len(self.val_ids) < 2:
             return None
         if not self.processes.is_distributed:
@@ -371,7 +413,7 @@ def _train(trainer: _Trainer, board: Board) -> TrainResult:
         config.batch_size,
         config.seq_length,
         f"{trainer.model.num_parameters():,}",
-        len(trainer.train_ids),
+        trainer.train_chars,
         per_epoch,
         trainer.device.type,
         str(trainer.dtype).replace("torch.", ""),

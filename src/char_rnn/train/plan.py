@@ -13,11 +13,22 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import ModelConfig, TrainConfig, build_configs, field_names, from_dict, preset_values, to_dict
+from ..config import (
+    FINE_TUNE_LR,
+    ModelConfig,
+    TrainConfig,
+    build_configs,
+    field_names,
+    from_dict,
+    preset_values,
+    to_dict,
+)
 from ..data.batches import batches_per_epoch, fit_batch_size
-from ..data.corpus import Corpus
+from ..data.corpus import Corpus, load_corpus
+from ..data.items import ITEM_MARK
 from ..errors import CharRNNError, UsageError
 from ..run.folder import RunFolder, SavedRun
+from .fine_tune import open_origin
 
 log = logging.getLogger("char_rnn")
 
@@ -30,6 +41,7 @@ class Plan:
     model: ModelConfig
     train: TrainConfig
     saved: SavedRun | None  # the run to continue; None starts a new one
+    origin: SavedRun | None = None  # the run a fine-tune starts from (train.init_from)
 
 
 def plan_training(preset: str | None = None, **options: Any) -> Plan:
@@ -46,7 +58,9 @@ def plan_training(preset: str | None = None, **options: Any) -> Plan:
         if saved is not None:
             given = {k: v for k, v in options.items() if v is not None}
             model, train = resumed_configs(saved, **{**preset_values(preset), **given})
-            return Plan(model, train, saved)
+            return Plan(model, train, saved, fine_tune_origin(train, saved))
+    if options.get("init_from"):
+        return plan_for(*fine_tune_configs(preset, **options))
     model, train = build_configs(preset, **options)
     return plan_for(model, train)
 
@@ -54,7 +68,49 @@ def plan_training(preset: str | None = None, **options: Any) -> Plan:
 def plan_for(model: ModelConfig, train: TrainConfig) -> Plan:
     """The plan for configs built by the caller (`train(model, config)`)."""
     saved = saved_run(RunFolder(train.out)) if train.resume else None
-    return Plan(model, train, saved)
+    return Plan(model, train, saved, fine_tune_origin(train, saved))
+
+
+def fine_tune_origin(train: TrainConfig, saved: SavedRun | None) -> SavedRun | None:
+    """The run whose weights this one starts from: only a fine-tune with no checkpoint of
+    its own yet (a resumed one continues from its checkpoint, whatever became of the origin)."""
+    if not train.init_from or (saved is not None and RunFolder(train.out).has_committed_checkpoint()):
+        return None
+    return open_origin(train.init_from)
+
+
+def training_corpus(plan: Plan) -> Corpus:
+    """The corpus, in the vocabulary the run trains with: the text's characters, with those
+    of the run it continues or starts from, and the item mark for items."""
+    kept = plan.saved or plan.origin
+    reserved = ITEM_MARK if plan.train.items else ""
+    return load_corpus(
+        plan.train.data, plan.train.encoding, extend=kept.vocab.chars if kept else (), reserved=reserved
+    )
+
+
+# A fine-tuned model keeps the shape of the one it starts from; these it may change.
+FINE_TUNE_MODEL_OPTIONS = ("dropout", "weight_drop")
+
+
+def fine_tune_configs(preset: str | None = None, **options: Any) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a new run that starts from `init_from`: its model, and training
+    options from the defaults (with fine-tuning's learning rate), the preset and `options`."""
+    origin = open_origin(options["init_from"])
+    given = {k: v for k, v in {**preset_values(preset), **options}.items() if v is not None}
+    unknown = set(given) - field_names(ModelConfig) - field_names(TrainConfig)
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    model_options = given.keys() & field_names(ModelConfig)
+    for key in sorted(model_options - set(FINE_TUNE_MODEL_OPTIONS)):
+        if getattr(origin.model, key) != given[key]:
+            raise UsageError(
+                f"{key} {given[key]} does not match {getattr(origin.model, key)} of the run it "
+                f"starts from ({options['init_from']}): a fine-tuned model keeps its shape"
+            )
+    model = replace(origin.model, **{k: given[k] for k in model_options & set(FINE_TUNE_MODEL_OPTIONS)})
+    train = {"lr": FINE_TUNE_LR, **{k: v for k, v in given.items() if k in field_names(TrainConfig)}}
+    return model, TrainConfig(**train)
 
 
 def saved_run(folder: RunFolder) -> SavedRun | None:
@@ -115,14 +171,18 @@ def versions() -> dict[str, str]:
     return {"char_rnn": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def run_config(model: ModelConfig, config: TrainConfig, corpus: Corpus) -> dict[str, Any]:
-    """What config.json holds."""
+def run_config(
+    model: ModelConfig, config: TrainConfig, corpus: Corpus, **records: dict[str, Any]
+) -> dict[str, Any]:
+    """What config.json holds; `records` adds what a run knows of itself (its items, where
+    a fine-tune came from)."""
     train = {k: v for k, v in to_dict(config).items() if k not in NOT_SAVED}
     return {
         "model": to_dict(model),
         "vocab": list(corpus.vocab.chars),
         "train": train,
         "corpus": {"sha256": corpus.sha256, "source": corpus.source, "chars": len(corpus)},
+        **records,
         "versions": versions(),
     }
 
@@ -137,8 +197,12 @@ LONG_EPOCH_EVERY = 1_000  # ...every this many steps, unless told otherwise
 def fit_to_text(config: TrainConfig, n_chars: int, world_size: int = 1) -> TrainConfig:
     """Fill in what the defaults leave to the text: a batch narrow enough for a short text to
     give each epoch several steps, the number of epochs, and for a long text a cadence of
-    validation and checkpoints within the epoch. Fitting a fitted config changes nothing."""
-    batch = fit_batch_size(n_chars, config.batching, config.batch_size, config.seq_length, world_size)
+    validation and checkpoints within the epoch. Fitting a fitted config changes nothing.
+
+    Items count as `n_chars` characters read in shuffled windows: a batch of them holds
+    about batch_size x seq_length characters, each from a zero state."""
+    batching = "shuffle" if config.items else config.batching
+    batch = fit_batch_size(n_chars, batching, config.batch_size, config.seq_length, world_size)
     if batch != config.batch_size:
         log.warning(
             "the training text (%d characters) is short for a batch of %d; training with %d",
@@ -146,7 +210,7 @@ def fit_to_text(config: TrainConfig, n_chars: int, world_size: int = 1) -> Train
             config.batch_size,
             batch,
         )
-    per_epoch = max(batches_per_epoch(n_chars, config.batching, batch, config.seq_length, world_size), 1)
+    per_epoch = max(batches_per_epoch(n_chars, batching, batch, config.seq_length, world_size), 1)
     long_epoch = n_chars > LONG_EPOCH_CHARS
     return replace(
         config,

@@ -50,7 +50,10 @@ def kernels() -> ModuleType | None:
     """The compiled module, or None where it cannot be had."""
     if os.environ.get("CHAR_RNN_NATIVE", "1") == "0" or sys.platform == "win32":
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_identity().encode())
+    # The source's path is part of the key: the builder rebuilds whenever the path it compiles
+    # changes, so two installs sharing one cache would otherwise rebuild each other's build.
+    identity = [" ".join(FLAGS), _cpu_identity(), str(SOURCE.resolve())]
+    key = hashlib.sha256(SOURCE.read_bytes() + "\n".join(identity).encode())
     try:
         from torch.utils import cpp_extension
 

@@ -25,6 +25,9 @@ function request() {
     const value = numberOrNull(key, parse);
     if (value !== null) body[key] = value;
   }
+  // The text ends just before this string; "\n" typed in the box means a newline.
+  const stop = $("stop_at").value.replace(/\\n/g, "\n");
+  if (stop !== "") body.stop = stop;
   return body;
 }
 
@@ -43,7 +46,8 @@ function handleEvent(block, state) {
     setStatus(`generating… ${state.chars} characters`);
   } else if (event === "done") {
     state.finished = true;
-    setStatus(`done: ${payload.chars} characters`);
+    const stopped = payload.stop ? ` (stopped at ${JSON.stringify(payload.stop)})` : "";
+    setStatus(`done: ${payload.chars} characters${stopped}`);
   } else if (event === "error") {
     state.finished = true;
     setStatus(payload.detail, true);
