@@ -17,10 +17,11 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
          --extra-index-url https://pypi.org/simple
 fi
 pip install "torch==$TORCH_VERSION" -e ".[dev]"
-# onnxruntime-web's browser files, for `char-rnn export --format web` from this checkout
-# (fetched once from npm and checked against their pinned sha512; kept out of git).
+
+# onnxruntime-web's browser files for `char-rnn export --format web` (npm, once; not in git).
 if command -v npm >/dev/null; then
-  .venv/bin/python scripts/vendor_web_runtime.py
+  .venv/bin/python scripts/vendor_web_runtime.py \
+    || echo "setup: onnxruntime-web not fetched; export --format web needs: python scripts/vendor_web_runtime.py" >&2
 else
-  echo "setup: npm not found; char-rnn export --format web needs scripts/vendor_web_runtime.py first" >&2
+  echo "setup: no npm, so export --format web is unavailable until: python scripts/vendor_web_runtime.py" >&2
 fi

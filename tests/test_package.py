@@ -5,6 +5,7 @@ builds, creates a venv and installs into it."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,8 +22,14 @@ import char_rnn
 pytestmark = pytest.mark.slow
 
 
+# The fresh environment must see only what is installed in it, not this checkout's sources.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def run(*command, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    done = subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=CLEAN_ENV
+    )
     assert done.returncode == 0, (
         f"{' '.join(map(str, command))}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     )

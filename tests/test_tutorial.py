@@ -1,6 +1,7 @@
 """docs/tutorial.ipynb runs from top to bottom in a real Jupyter kernel (nbclient), on a budget
 of a few steps, and shows what a reader should see: a live progress bar with the loss and
-chars/s, a line with the validation loss, the curves inline and generated text."""
+chars/s, a line with the validation loss, the curves inline and generated text; and that
+`progress=False` shows nothing."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def test_the_notebook_is_kept_without_outputs():
 def test_the_tutorial_runs_and_shows_progress_curves_and_text(tmp_path, monkeypatch):
     monkeypatch.setenv("CHAR_RNN_TUTORIAL_STEPS", "3")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # One step more with progress=False, in the same kernel: nothing is shown.
+    silent = "CharRNN.train(out=RUN, resume=True, max_steps=6, progress=False);"
+    notebook.cells.append(nbformat.v4.new_code_cell(silent))
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
@@ -65,7 +69,8 @@ def test_the_tutorial_runs_and_shows_progress_curves_and_text(tmp_path, monkeypa
     generated, _ = outputs_of(next(c for c in cells if "for temperature in" in c.source))
     for temperature in ("0.0", "0.5", "1.0"):
         assert f"--- temperature {temperature} ---\nROMEO:" in generated
-    resumed, _ = outputs_of(cells[-1])
-    assert "validation loss" in resumed and "QUEEN:" in resumed
+    resumed, _ = outputs_of(cells[-2])
+    assert "before: 3 steps" in resumed and "after:  5 steps" in resumed and "QUEEN:" in resumed
+    assert cells[-1].outputs == []
     run = json.loads((tmp_path / "runs" / "tutorial" / "config.json").read_text())
-    assert run["model"]["units"] == 128 and run["train"]["max_steps"] == 5
+    assert run["model"]["units"] == 128 and run["train"]["max_steps"] == 6
