@@ -131,25 +131,31 @@ async def read_stream(client: httpx.AsyncClient, body: dict, load: Load, cut_aft
         load.per_stream_chars_s.append(chars / max(time.perf_counter() - sent, 1e-9))
 
 
-async def reader(url: str, seconds: float, length: int, load: Load, seed: int, disconnect: float) -> None:
+async def reader(
+    client: httpx.AsyncClient, seconds: float, length: int, load: Load, seed: int, disconnect: float
+) -> None:
     rng = random.Random(seed)
     until = time.perf_counter() + seconds
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        while time.perf_counter() < until:
-            cut = rng.randrange(1, length) if rng.random() < disconnect else None
-            body = {"start": "ROMEO:", "length": length, "temperature": 0.8, "seed": rng.randrange(2**31)}
-            await read_stream(client, body, load, cut)
-            if load.errors and not load.per_stream_chars_s and load.errors.total() > 1000:
-                return  # nothing but errors: stop hammering
+    while time.perf_counter() < until:
+        cut = rng.randrange(1, length) if rng.random() < disconnect else None
+        body = {"start": "ROMEO:", "length": length, "temperature": 0.8, "seed": rng.randrange(2**31)}
+        await read_stream(client, body, load, cut)
+        if load.errors and not load.per_stream_chars_s and load.errors.total() > 1000:
+            return  # nothing but errors: stop hammering
 
 
 async def run_load(
     url: str, clients: int, seconds: float, length: int, disconnect: float = 0.0
 ) -> tuple[Load, float]:
+    """`clients` readers on one connection pool, each with its own connection: a client
+    object per reader would cost each one an SSL context, built while the others' first
+    characters wait on this one event loop."""
     load = Load()
-    started = time.perf_counter()
-    await asyncio.gather(*(reader(url, seconds, length, load, i, disconnect) for i in range(clients)))
-    return load, time.perf_counter() - started
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(reader(client, seconds, length, load, i, disconnect) for i in range(clients)))
+        return load, time.perf_counter() - started
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,8 +26,8 @@ import torch
 
 from ..config import SampleConfig
 from ..data.vocab import Vocab
-from ..model.network import CharRNNModel, state_tensors
-from .fast import FastEngine, RowSettings, fast_generator, row_settings
+from ..model.network import CharRNNModel
+from .fast import FastEngine, RowSettings, fast_generator, read_start, row_settings
 from .sampling import make_generator
 from .stops import StopMatcher, check_stops
 
@@ -104,28 +104,38 @@ class FastBatch:
     def __len__(self) -> int:
         return len(self.streams)
 
-    @torch.no_grad()
     def add(self, config: SampleConfig) -> BatchStream:
-        """Read the start string (alone, through the model's forward pass, as the fast
-        engine does) and give the stream the next row."""
-        _check(self.vocab, config)
-        stream = BatchStream(config, StopMatcher(config.stop))
-        stream.state = make_generator(config.seed)
-        if config.length == 0:
-            stream.finished = True
-            return stream
-        start = torch.as_tensor(self.vocab.encode(config.start), dtype=torch.long).unsqueeze(0)
-        logits, state = self.model(start, None)
-        if len(self.streams) == self.capacity:
+        """One stream: `join([config])`."""
+        return self.join([config])[0]
+
+    @torch.no_grad()
+    def join(self, configs: list[SampleConfig]) -> list[BatchStream]:
+        """Read the start strings and give each stream the next row. Start strings of one
+        length are read together, a step at a time through the packed weights (as the fast
+        engine reads one alone, and computing each row as it would alone): a crowd that
+        arrives at once costs about one reading, since each step's cost is the weights'."""
+        for config in configs:
+            _check(self.vocab, config)
+        streams = [BatchStream(config, StopMatcher(config.stop)) for config in configs]
+        by_length: dict[int, list[BatchStream]] = {}
+        for stream in streams:
+            stream.state = make_generator(stream.config.seed)
+            if stream.config.length == 0:
+                stream.finished = True
+            else:
+                by_length.setdefault(len(stream.config.start), []).append(stream)
+        for group in by_length.values():
+            self._place(group, read_start(self.fast, self.vocab, [s.config.start for s in group]))
+        return streams
+
+    def _place(self, group: list[BatchStream], read: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        logits, h, c = read
+        while len(self.streams) + len(group) > self.capacity:
             self._allocate(2 * self.capacity)
-        row = len(self.streams)
-        tensors = state_tensors(state)
-        self.h[:, row] = tensors[0][:, 0]
-        self.c[:, row] = tensors[1][:, 0] if len(tensors) == 2 else 0.0
-        self.logits[row] = logits[0, -1].float()
-        self.streams.append(stream)
+        rows = slice(len(self.streams), len(self.streams) + len(group))
+        self.h[:, rows], self.c[:, rows], self.logits[rows] = h, c, logits
+        self.streams.extend(group)
         self._settings = None
-        return stream
 
     def remove(self, stream: BatchStream) -> None:
         """Free the stream's row at once (the last row moves into it); a stream not in the
@@ -183,6 +193,11 @@ class EngineBatch:
             return stream
         self.streams.append(stream)
         return stream
+
+    def join(self, configs: list[SampleConfig]) -> list[BatchStream]:
+        for config in configs:
+            _check(self.vocab, config)
+        return [self.add(config) for config in configs]
 
     def remove(self, stream: BatchStream) -> None:
         if stream in self.streams:

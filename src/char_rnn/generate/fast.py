@@ -39,7 +39,7 @@ from torch import nn
 from ..config import SampleConfig
 from ..data.vocab import Vocab
 from ..errors import UsageError
-from ..model.network import CharRNNModel, state_tensors
+from ..model.network import CharRNNModel
 from .sampling import draw_by_inverse_cdf, filter_logits_rows, make_generator
 
 WEIGHTS = ("auto", "int8", "fp32")
@@ -326,6 +326,19 @@ class FastGenerator:
         return logits, (h, c)
 
 
+def read_start(
+    fast: FastGenerator, vocab: Vocab, starts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Start strings of one length, read from zero state by the packed weights a step at a
+    time -> the logits (B, V) for the first character after them and the state h, c
+    (L, B, H). Each row comes out as it would alone, so a stream's text does not depend on
+    what it was read beside (generate/batch.py); and reading a step costs about the same
+    for one row as for many, the weights' memory traffic being most of it."""
+    ids = torch.as_tensor(np.array([vocab.encode(start) for start in starts]), dtype=torch.long)
+    logits, (h, c) = fast.step(ids, None)
+    return logits.float().contiguous(), h, c
+
+
 # A compiled generator per model, rebuilt when any parameter changes in place (an optimizer
 # step, load_state_dict): tensor version counters tell.
 _compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -371,12 +384,7 @@ class FastEngine:
         fast = fast_generator(self.model, weights)
         self.model.eval()
         generator = make_generator(config.seed)
-        # The start string is read by the reference forward pass (one call, fp32).
-        start = torch.as_tensor(self.vocab.encode(config.start), dtype=torch.long)
-        logits, state = self.model(start.unsqueeze(0).expand(config.num_samples, -1), None)
-        tensors = state_tensors(state)
-        h = tensors[0].contiguous().clone()
-        c = tensors[1].contiguous().clone() if len(tensors) == 2 else torch.zeros_like(h)
+        logits, h, c = read_start(fast, self.vocab, [config.start] * config.num_samples)
         chars = np.array(self.vocab.chars, dtype=object)
-        for ids in fast.chunks(logits[:, -1].float().contiguous(), h, c, config, generator):
+        for ids in fast.chunks(logits, h, c, config, generator):
             yield from chars[ids.numpy()].tolist()

@@ -131,6 +131,7 @@ class Scheduler:
         max_queue: int,
         queue_timeout: float,
         timeout: float,
+        own_thread: bool = True,
     ):
         self.batch = batch
         self.max_batch = max_batch
@@ -144,8 +145,10 @@ class Scheduler:
         self._drain_deadline: float | None = None
         self._closing = False
         self._active: dict[BatchStream, Ticket] = {}  # the worker's own
-        self._thread = threading.Thread(target=self._work, name="char-rnn-batch", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if own_thread:
+            self._thread = threading.Thread(target=self.run, name="char-rnn-batch", daemon=True)
+            self._thread.start()
 
     # ---- the event loop's side ----
 
@@ -218,11 +221,16 @@ class Scheduler:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     # ---- the worker ----
 
-    def _work(self) -> None:
+    def run(self) -> None:
+        """Step the batch until `close()`: on the scheduler's own thread, or, with
+        `own_thread=False`, on the caller's (the main thread, where the CPU kernels run
+        fastest: a second thread's parallel regions ran 2-3x slower once the main thread
+        had used its own)."""
         while True:
             with self._cond:
                 while not self._active and not self._waiting and not self._closing:
@@ -235,28 +243,43 @@ class Scheduler:
                     joining.append(self._waiting.popleft())
                     self._running += 1
                 drain_deadline = self._drain_deadline
-            for ticket in joining:
-                self._join(ticket)
+            self._join(joining)
             if self._active:
                 self._round(drain_deadline)
         for ticket in [*joining, *self._active.values()]:
             self._safely(ticket._error, 503, "the server is shutting down", time.monotonic())
 
-    def _join(self, ticket: Ticket) -> None:
-        now = time.monotonic()
-        if ticket.cancelled:
+    def _join(self, tickets: list[Ticket]) -> None:
+        """Every ticket's start string read at once; when that fails, one at a time, so
+        that a bad request is refused alone."""
+        live = [ticket for ticket in tickets if not ticket.cancelled]
+        for _ in range(len(tickets) - len(live)):
             self._finished(None)
+        if not live:
             return
         try:
-            stream = self.batch.add(ticket.config)
+            streams = self.batch.join([ticket.config for ticket in live])
+        except Exception:
+            for ticket in live:
+                self._join_alone(ticket)
+            return
+        for ticket, stream in zip(live, streams, strict=True):
+            self._admitted(ticket, stream)
+
+    def _join_alone(self, ticket: Ticket) -> None:
+        try:
+            [stream] = self.batch.join([ticket.config])
         except Exception as error:  # this request alone; the batch is untouched
             log.exception("a stream could not start")
             self._safely(ticket._refuse, Refused(500, f"the generation could not start: {error}"))
             self._finished(None)
             return
+        self._admitted(ticket, stream)
+
+    def _admitted(self, ticket: Ticket, stream: BatchStream) -> None:
         self._safely(ticket._admit)
         if stream.finished:  # length 0
-            self._safely(ticket._done, stream, now)
+            self._safely(ticket._done, stream, time.monotonic())
             self._finished(None)
             return
         self._active[stream] = ticket

@@ -28,7 +28,10 @@ import asyncio
 import ipaddress
 import json
 import logging
+import signal
 import socket
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Annotated, Any
@@ -188,11 +191,12 @@ class HostGuard:
         await self.app(scope, receive, send_with_headers)
 
 
-def open_scheduler(engine: Any, config: ServerConfig) -> Scheduler:
-    """The worker that batches every request's stream, for a loaded model (a CharRNN)."""
+def open_scheduler(engine: Any, config: ServerConfig, *, own_thread: bool = True) -> Scheduler:
+    """The worker that batches every request's stream, for a loaded model (a CharRNN);
+    with `own_thread=False` the caller runs it (`Scheduler.run`)."""
     return Scheduler(
         open_batch(engine.engine), max_batch=config.max_batch, max_queue=config.max_queue,
-        queue_timeout=config.queue_timeout, timeout=config.timeout,
+        queue_timeout=config.queue_timeout, timeout=config.timeout, own_thread=own_thread,
     )  # fmt: skip
 
 
@@ -374,6 +378,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{_host_header_name(host)}:{port}/"
 
 
+SWITCH_INTERVAL = 0.0005  # seconds
 def serve(
     engine: Any,
     config: ServerConfig,
@@ -390,11 +395,20 @@ def serve(
         streams end within the grace period; uvicorn then waits for their responses."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            captured.append(sig)
             scheduler.drain(config.grace_period)
             super().handle_exit(sig, frame)
 
+        def run(self, sockets: list[socket.socket] | None = None) -> None:
+            try:
+                super().run(sockets=sockets)
+            finally:
+                scheduler.close()
+
+    captured: list[int] = []
     sock = listen(config.host, config.port)
-    scheduler = open_scheduler(engine, config)
+    # The model steps on this (the main) thread and the HTTP server's event loop on another.
+    scheduler = open_scheduler(engine, config, own_thread=False)
     app = create_app(engine, config, sock.getsockname()[1], description=description, scheduler=scheduler)
     server = DrainingServer(
         uvicorn.Config(
@@ -404,9 +418,23 @@ def serve(
     )  # fmt: skip
     # uvicorn set its loggers to log_level above; the request log is one line a request.
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else logging.WARNING)
-    if on_ready is not None:
-        on_ready(url_of(sock))
+    handlers = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="char-rnn-http")
+    # The model's thread gives up the GIL for every kernel; with the default 5 ms switch
+    # interval it then waits that long for it whenever the HTTP thread is busy.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    http.start()
     try:
-        server.run(sockets=[sock])
+        if on_ready is not None:
+            on_ready(url_of(sock))
+        scheduler.run()
     finally:
-        scheduler.close()
+        server.should_exit = True
+        http.join()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        sys.setswitchinterval(switch_interval)
+    # As uvicorn does on the main thread: the signal that stopped the server takes effect now.
+    for sig in reversed(captured):
+        signal.raise_signal(sig)
