@@ -78,9 +78,15 @@ class Server:
             if found := re.search(r"at (http://127\.0\.0\.1:\d+/)", line):
                 self.url = found.group(1)
                 # Keep reading what it prints, so that a full pipe never blocks it.
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
+                self.log: list[str] = []
+                threading.Thread(target=self._keep_log, daemon=True).start()
                 return
         raise SystemExit(f"the server did not start (exit {self.process.wait()})")
+
+    def _keep_log(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log = [*self.log[-199:], line]
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -117,7 +123,7 @@ async def read_stream(client: httpx.AsyncClient, body: dict, load: Load, cut_aft
                             load.chars += chars
                             return  # leaving mid-stream closes the connection
                     elif event == "error":
-                        load.errors["error event"] += 1
+                        load.errors[f"error event: {data.get('detail', '')[:60]}"] += 1
                         load.chars += chars
                         return
                     else:
@@ -215,6 +221,8 @@ def soak(args: argparse.Namespace) -> None:
     print(
         f"server RSS: {first:,.1f} MiB in the first tenth, {last:,.1f} MiB in the last ({last - first:+.1f})"
     )
+    if bad:
+        print("the server's last lines:", *server.log[-40:], sep="\n")
 
 
 def main() -> None:

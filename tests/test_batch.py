@@ -26,15 +26,20 @@ def random_model(cell: str = "gru", layers: int = 1, units: int = 24) -> CharRNN
 
 
 def run_batch(batch, joining: list[tuple[int, SampleConfig]]) -> list[tuple[str, str | None]]:
-    """Each config joins at its round; every stream runs to its end. -> (text, stop) each."""
+    """Each config joins at its round, those of one round together; every stream runs to its
+    end. -> (text, stop) each."""
     texts: dict[int, str] = {}
     streams: dict[int, object] = {}
     pending = sorted(enumerate(joining), key=lambda item: item[1][0])
     round_ = 0
     while pending or len(batch):
+        arriving = []
         while pending and pending[0][1][0] <= round_:
-            index, (_, config) = pending.pop(0)
-            streams[index] = batch.add(config)
+            arriving.append(pending.pop(0))
+        # Those that arrive together join together: their start strings are read at once.
+        joined = batch.join([config for _, (_, config) in arriving])
+        for (index, (_, config)), stream in zip(arriving, joined, strict=True):
+            streams[index] = stream
             texts[index] = config.start
         for stream, text in batch.advance():
             index = next(i for i, s in streams.items() if s is stream)
