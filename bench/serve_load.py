@@ -38,9 +38,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
+from soak import rss_kib  # bench/soak.py, beside this script
 
 
 @dataclass
@@ -52,16 +52,6 @@ class Load:
     errors: Counter = field(default_factory=Counter)
     wrong_lengths: int = 0
     cut_off: int = 0
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class Server:

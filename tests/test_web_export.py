@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 from conftest import run_cli
-from test_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+from test_browser import CHROMEDRIVER, CHROMIUM, chromium
 from test_server import shared_tiny_run
 
 from char_rnn import CharRNN, CharRNNError
@@ -63,21 +63,8 @@ def static_server(folder: Path):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
+    with chromium(tmp_path, network_log=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def requested_urls(browser, page: str) -> list[str]:
