@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .data.vocab import Vocab
 from .device import autocast
 from .errors import CharRNNError, UsageError
 from .model.network import CharRNNModel
+
+if TYPE_CHECKING:
+    from .adapt import Adaptation
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,9 @@ def evaluate_items(
 @dataclass(frozen=True)
 class CorpusEval:
     """A model's loss on one split of a corpus: with the state carried through the whole
-    text and, when a window was asked for, over independent windows of that size."""
+    text and, when a window was asked for, over independent windows of that size. Read with
+    adaptation (adapt.py), `carried` is the adapted loss and `static` the trained weights'
+    loss on the same text, read the same way."""
 
     source: str
     split: str
@@ -178,6 +183,7 @@ class CorpusEval:
     window: int = 0
     windows: EvalResult | None = None
     items: int = 0  # for a list of items: how many were scored, each whole
+    static: EvalResult | None = None
 
     @property
     def what(self) -> str:
@@ -205,6 +211,9 @@ class CorpusEval:
             figures[f"window_{self.window}_loss"] = self.windows.loss
         if self.items:
             figures["items"] = self.items
+        if self.static is not None:
+            figures["static_loss"] = self.static.loss
+            figures["static_bpc"] = self.static.bpc
         return figures
 
 
@@ -218,10 +227,12 @@ def evaluate_corpus(
     streams: int = 16,
     items: str | None = None,
     seed: int = 0,
+    adaptation: Adaptation | None = None,
 ) -> CorpusEval:
     """The loss on `corpus.part(split, val_fraction)`, the same split training makes; also
     over independent windows of `window` characters unless it is 0. With `items` (a kind of
-    items), the loss over the split's items, each whole, split as training with `seed` did."""
+    items), the loss over the split's items, each whole, split as training with `seed` did.
+    With `adaptation`, the carried loss is read adapting, with the static one beside it."""
     if window < 0:
         raise UsageError(f"window must be a positive number of characters (0: none), got {window}")
     if items:
@@ -230,13 +241,18 @@ def evaluate_corpus(
     what = f"{split} text of {corpus.source}"
     if len(ids) < 2:
         raise CharRNNError(f"{what} needs at least two characters")
-    carried = evaluate(model, ids, streams=streams)
+    static = None
+    if adaptation is not None:
+        adapted = adaptation.evaluate(model, ids)
+        carried, static = adapted.adapted, adapted.static
+    else:
+        carried = evaluate(model, ids, streams=streams)
     windows = None
     if window:
         if len(ids) <= window:
             raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
         windows = evaluate_windows(model, ids, window=window)
-    return CorpusEval(corpus.source, split, carried, window, windows)
+    return CorpusEval(corpus.source, split, carried, window, windows, static=static)
 
 
 def _evaluate_item_corpus(
