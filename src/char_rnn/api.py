@@ -278,13 +278,17 @@ class CharRNN:
         if self.items:
             raise UsageError("adaptation reads one long text; this run was trained on items")
         if config not in self._adaptations:
-            train = self.run_config.get("train", {})
-            corpus = load_corpus(
-                _run_corpus(self.run_config), train.get("encoding", "utf-8"), vocab=self.vocab
-            )
-            train_ids = corpus.part("train", float(train.get("val_fraction", 0.1)))
-            self._adaptations[config] = Adaptation.prepare(self.model, train_ids, config)
+            self._adaptations[config] = Adaptation.prepare(self.model, self.run_text("train"), config)
         return self._adaptations[config]
+
+    def run_text(self, split: str = "val") -> np.ndarray:
+        """The ids of a part ("train", "val" or "all") of the run's own corpus, cut as
+        training cut it."""
+        train = self.run_config.get("train", {})
+        reserved = ITEM_MARK if self.items else ""
+        encoding = train.get("encoding", "utf-8")
+        corpus = load_corpus(_run_corpus(self.run_config), encoding, vocab=self.vocab, reserved=reserved)
+        return corpus.part(split, float(train.get("val_fraction", 0.1)))
 
     def adapted(self, text: str, adapt: AdaptConfig | None = None) -> CharRNN:
         """A copy of this model whose weights have read `text` with adaptation, learning its
