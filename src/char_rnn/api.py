@@ -24,6 +24,7 @@ from .data.vocab import Vocab
 from .device import resolve_device
 from .errors import CharRNNError, UsageError
 from .evaluate import (
+    EVAL_STREAMS,
     CorpusEval,
     EvalResult,
     Score,
@@ -207,7 +208,7 @@ class CharRNN:
         return self.vocab.encode(text, what=what)
 
     def evaluate(
-        self, text: str, *, streams: int = 16, adapt: bool | AdaptConfig = False
+        self, text: str, *, streams: int = EVAL_STREAMS, adapt: bool | AdaptConfig = False
     ) -> EvalResult | AdaptedEval:
         """Loss over the whole text with the state carried; for an items model, over the
         text's items, each whole.

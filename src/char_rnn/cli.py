@@ -189,8 +189,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("all", "train", "val"),
                    help="part of the text (default: val of the run's corpus, all of --data)")  # fmt: skip
     p.add_argument("--encoding", help="of the text files (default: the run's for its own corpus, else utf-8)")
-    p.add_argument("--window", type=int, default=256,
-                   help="also report loss over independent windows of this size (0: skip)")  # fmt: skip
+    p.add_argument("--window", type=int, default=0,
+                   help="also report loss over independent windows of this size, e.g. 256, the "
+                        "protocol transformer baselines report (default 0: none)")  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
