@@ -186,12 +186,12 @@ def test_the_same_config_gives_the_same_figures(trained):
 def test_eval_adapt_reports_both_figures_and_writes_nothing(trained):
     run, _ = trained
     before = file_hashes(run)
-    done = run_cli("eval", run, "--adapt", *SMALL_FLAGS, "--window", "0", "--json")
+    done = run_cli("eval", run, "--adapt", *SMALL_FLAGS, "--json")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     assert figures["chars"] == 1_500 - 1  # the validation part, every prediction
     assert figures["loss"] < figures["static_loss"]
-    plain = run_cli("eval", run, "--adapt", *SMALL_FLAGS, "--window", "0")
+    plain = run_cli("eval", run, "--adapt", *SMALL_FLAGS)
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.splitlines()
     assert lines[1].startswith(f"loss adapted {figures['loss']:.4f}")

@@ -181,7 +181,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         examples=(
             "char-rnn eval runs/shakespeare",
             "char-rnn eval runs/shakespeare --data other.txt --json",
-            "char-rnn eval runs/shakespeare --adapt --window 0",
+            "char-rnn eval runs/shakespeare --adapt",
         ),
     )
     p.add_argument("run", help="run folder")
