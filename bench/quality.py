@@ -46,7 +46,7 @@ def main() -> int:
         print(trained.stderr, file=sys.stderr)
         return trained.returncode
     wall = time.monotonic() - started
-    evaluated = char_rnn("eval", out, "--checkpoint", "best", "--json")
+    evaluated = char_rnn("eval", out, "--checkpoint", "best", "--window", "256", "--json")
     if evaluated.returncode != 0:
         print(evaluated.stderr, file=sys.stderr)
         return evaluated.returncode

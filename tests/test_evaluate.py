@@ -48,3 +48,21 @@ def test_windows_start_from_a_zero_state(model_and_ids):
         expected = F.cross_entropy(model(x)[0].transpose(1, 2), y).item()
     assert result.chars == 1000
     assert result.loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_streams_warmed_up_on_the_whole_text_before_them_give_the_one_stream_figure(model_and_ids):
+    model, ids = model_and_ids
+    one = evaluate(model, ids, streams=1)
+    warmed = evaluate(model, ids, streams=7, warmup=len(ids), chunk=64)
+    cold = evaluate(model, ids, streams=7, warmup=0)
+    assert warmed.chars == cold.chars == one.chars == 1000
+    assert warmed.loss == pytest.approx(one.loss, rel=1e-5)
+    assert abs(cold.loss - one.loss) > 1e-4  # without warm-up the streams' starts lack context
+
+
+def test_a_short_warm_up_still_scores_every_prediction_once(model_and_ids):
+    model, ids = model_and_ids
+    a = evaluate(model, ids, streams=9, warmup=30, chunk=7)
+    b = evaluate(model, ids, streams=9, warmup=30, chunk=1000)
+    assert a.chars == b.chars == 1000
+    assert a.loss == pytest.approx(b.loss, rel=1e-5)

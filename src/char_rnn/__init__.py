@@ -8,11 +8,12 @@ print(model.generate("ROMEO:", length=200))
 __version__ = "0.1.0"
 
 from .api import CharRNN  # noqa: E402
-from .config import ModelConfig, SampleConfig, TrainConfig, build_configs  # noqa: E402
+from .config import AdaptConfig, ModelConfig, SampleConfig, TrainConfig, build_configs  # noqa: E402
 from .errors import CharRNNError, UsageError  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
 
 __all__ = [
+    "AdaptConfig",
     "CharRNN",
     "CharRNNError",
     "ModelConfig",

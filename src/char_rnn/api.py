@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig, SampleConfig
+from .adapt import Adaptation, AdaptedEval, continuation_start
+from .config import AdaptConfig, ModelConfig, SampleConfig
 from .data.corpus import load_corpus
 from .data.items import ITEM_MARK, find_items
 from .data.vocab import Vocab
 from .device import resolve_device
 from .errors import CharRNNError, UsageError
 from .evaluate import (
+    EVAL_STREAMS,
     CorpusEval,
     EvalResult,
     Score,
@@ -68,6 +70,7 @@ class CharRNN:
         # file of its own, as onnx does, finds it in `run`.
         self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
         self.run_path = run
+        self._adaptations: dict[AdaptConfig, Adaptation] = {}
 
     @classmethod
     def load(
@@ -128,13 +131,27 @@ class CharRNN:
             return stream_items(self.engine, item_config(start, **options), self.items)
         return stream_texts(self.engine, SampleConfig(start=_text_start(start), **options))
 
-    def generate(self, start: str | None = None, length: int = 1000, **options: Any) -> str | list[str]:
+    def generate(
+        self,
+        start: str | None = None,
+        length: int = 1000,
+        *,
+        adapt_to: str | None = None,
+        adapt: AdaptConfig | None = None,
+        **options: Any,
+    ) -> str | list[str]:
         """The start string plus `length` generated characters (a newline starts by default);
         a list when num_samples > 1. For an items model each sample is one item: the start
         (empty by default) and what follows up to the item's end, at most `length` more.
 
         `stop="\n\n"` (or a list of strings) ends a sample where it first writes one of
-        them; the text stops just before it."""
+        them; the text stops just before it.
+
+        `adapt_to=text`: the model first reads `text` learning from it (`adapted`), then
+        continues it: the start is the end of `text` (`continuation_start`) unless given."""
+        if adapt_to is not None:
+            start = continuation_start(adapt_to) if start is None else start
+            return self.adapted(adapt_to, adapt).generate(start, length, **options)
         if self.items:
             config = item_config(start, length=length, **options)
             texts = generate_items(self.engine, config, self.items)
@@ -190,9 +207,18 @@ class CharRNN:
             raise CharRNNError(f"{what} needs at least two characters")
         return self.vocab.encode(text, what=what)
 
-    def evaluate(self, text: str, *, streams: int = 16) -> EvalResult:
+    def evaluate(
+        self, text: str, *, streams: int = EVAL_STREAMS, adapt: bool | AdaptConfig = False
+    ) -> EvalResult | AdaptedEval:
         """Loss over the whole text with the state carried; for an items model, over the
-        text's items, each whole."""
+        text's items, each whole.
+
+        `adapt=True` (or an AdaptConfig) reads the text as one stream in segments, each scored
+        and then learned from (adapt.py), and returns the adapted loss with the static loss
+        of the same reading beside it; the model's own weights do not change."""
+        if adapt is not False:
+            ids = self.encode_text(text)
+            return self.adaptation(None if adapt is True else adapt).evaluate(self.model, ids)
         if self.items:
             items = find_items(self.encode_text(text), self.vocab, self.items, what="the evaluation text")
             return evaluate_items(self.model, items)
@@ -214,12 +240,15 @@ class CharRNN:
         split: str | None = None,
         window: int = 0,
         encoding: str | None = None,
+        adapt: bool | AdaptConfig = False,
     ) -> CorpusEval:
         """Loss on a corpus (file, folder or "shakespeare") read through the same encoded
         memory map as training. Without `data`: the run's own corpus and, unless `split`
         says otherwise, its validation part; with `data`, all of it. `split` is "all",
         "train" or "val", cut as training cuts it; `window` > 0 also reports the loss over
-        independent windows of that many characters."""
+        independent windows of that many characters. `adapt` as for `evaluate`: the carried
+        loss is then the adapted one, and `static` the trained weights' on the same text."""
+        adaptation = self.adaptation(None if adapt is True else adapt) if adapt is not False else None
         train = self.run_config.get("train", {})
         own = data is None
         if own:
@@ -237,7 +266,43 @@ class CharRNN:
             window=0 if self.items else window,
             items=self.items,
             seed=int(train.get("seed", 0)),
+            adaptation=adaptation,
         )
+
+    def adaptation(self, config: AdaptConfig | None = None) -> Adaptation:
+        """What reading with adaptation needs: `config` (the defaults when None) and the
+        gradient statistics of these weights on the end of the run's training part (computed
+        once per config)."""
+        config = config or AdaptConfig()
+        if not isinstance(config, AdaptConfig):
+            raise UsageError(f"adapt must be True, False or an AdaptConfig, got {config!r}")
+        if self.items:
+            raise UsageError("adaptation reads one long text; this run was trained on items")
+        if config not in self._adaptations:
+            self._adaptations[config] = Adaptation.prepare(self.model, self.run_text("train"), config)
+        return self._adaptations[config]
+
+    def run_text(self, split: str = "val") -> np.ndarray:
+        """The ids of a part ("train", "val" or "all") of the run's own corpus, cut as
+        training cut it."""
+        train = self.run_config.get("train", {})
+        reserved = ITEM_MARK if self.items else ""
+        encoding = train.get("encoding", "utf-8")
+        corpus = load_corpus(_run_corpus(self.run_config), encoding, vocab=self.vocab, reserved=reserved)
+        return corpus.part(split, float(train.get("val_fraction", 0.1)))
+
+    def adapted(self, text: str, adapt: AdaptConfig | None = None) -> CharRNN:
+        """A copy of this model whose weights have read `text` with adaptation, learning its
+        names and style as they went: generate from it to continue the text. This model and
+        the run's files are untouched."""
+        if self.engine.name == "onnx":
+            raise UsageError(
+                "the onnx engine runs the exported file, which cannot adapt; use engine fast or reference"
+            )
+        adaptation = self.adaptation(adapt)
+        ids = self.encode_text(text, what="the text to adapt to")
+        model = adaptation.adapted_model(self.model, ids)
+        return CharRNN(model, self.vocab, self.run_config, self.engine.name, run=self.run)
 
 
 def _text_start(start: str | None) -> str:

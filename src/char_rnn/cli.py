@@ -17,7 +17,16 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import PRESETS, ModelConfig, SampleConfig, ServerConfig, TrainConfig, describe, field_names
+from .config import (
+    PRESETS,
+    AdaptConfig,
+    ModelConfig,
+    SampleConfig,
+    ServerConfig,
+    TrainConfig,
+    describe,
+    field_names,
+)
 from .errors import CharRNNError, UsageError
 
 PROG = "char-rnn"
@@ -138,9 +147,15 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
             "char-rnn generate runs/shakespeare --engine onnx   # after char-rnn export",
             'char-rnn generate runs/shakespeare --start "ROMEO:" --beam 8 --length 100',
             "char-rnn generate runs/shakespeare --stop $'\\n\\n' --num-samples 3   # one paragraph each",
+            "char-rnn generate runs/shakespeare --adapt-to chapter1.txt --length 500",
         ),
     )
     _add_sampling(p)
+    p.add_argument("--adapt-to", metavar="FILE",
+                   help="first read FILE learning from it as it goes, then continue it (the "
+                        "start string is its end unless --start is given); the run's files are "
+                        "untouched")  # fmt: skip
+    _add_config_flags(p.add_argument_group("adaptation (with --adapt-to)"), AdaptConfig)
     p.add_argument("--num-samples", type=int, default=1, help="texts to generate together")
     _add_engine(p)
     p.add_argument("--beam", type=int, metavar="N",
@@ -166,6 +181,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         examples=(
             "char-rnn eval runs/shakespeare",
             "char-rnn eval runs/shakespeare --data other.txt --json",
+            "char-rnn eval runs/shakespeare --adapt",
         ),
     )
     p.add_argument("run", help="run folder")
@@ -173,11 +189,19 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("all", "train", "val"),
                    help="part of the text (default: val of the run's corpus, all of --data)")  # fmt: skip
     p.add_argument("--encoding", help="of the text files (default: the run's for its own corpus, else utf-8)")
-    p.add_argument("--window", type=int, default=256,
-                   help="also report loss over independent windows of this size (0: skip)")  # fmt: skip
+    p.add_argument("--window", type=int, default=0,
+                   help="also report loss over independent windows of this size, e.g. 256, the "
+                        "protocol transformer baselines report (default 0: none)")  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--adapt", action="store_true",
+                   help="read the text in segments, each scored and then learned from (dynamic "
+                        "evaluation), beside the static loss; the run's files are untouched")  # fmt: skip
+    _add_config_flags(p.add_argument_group("adaptation (with --adapt)"), AdaptConfig)
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: one with --adapt, which reads one stream; "
+                        "else one per core)")  # fmt: skip
     p.set_defaults(handler=cmd_eval)
 
 
@@ -415,6 +439,18 @@ def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _adapt_config(args: argparse.Namespace, asked: bool, flag: str) -> AdaptConfig | None:
+    """The AdaptConfig the --adapt-* flags give, or None when adaptation was not asked;
+    an --adapt-* flag without it is a usage error, not a flag silently ignored."""
+    given = {name: value for name in field_names(AdaptConfig) if (value := getattr(args, name)) is not None}
+    if not asked:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{flags} tune adaptation: give {flag} too")
+        return None
+    return AdaptConfig(**given)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .api import CharRNN
     from .config import SampleConfig
@@ -424,8 +460,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.beam is not None and (config.num_samples != 1 or args.engine == "onnx" or config.stop):
         raise UsageError("--beam finds one continuation with the model itself, not an engine; "
                          "drop --num-samples, --stop and --engine onnx")  # fmt: skip
+    adapt = _adapt_config(args, args.adapt_to is not None, "--adapt-to FILE")
     _set_threads(args.threads, config.num_samples)
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
+    if adapt is not None:
+        from .adapt import continuation_start
+        from .data.text import read_text
+
+        text = read_text(args.adapt_to)
+        model = model.adapted(text, adapt)
+        config = dataclasses.replace(config, start=args.start or continuation_start(text))
     start = args.start if model.items else config.start
     model.vocab.check(start or "", "the start string")
     out = sys.stdout
@@ -627,15 +671,23 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .api import CharRNN
 
+    adapt = _adapt_config(args, args.adapt, "--adapt")
+    _set_threads(args.threads, 1 if adapt else 16)  # adaptation reads one stream, evaluate 16
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
-    result = model.evaluate_file(args.data, split=args.split, window=args.window, encoding=args.encoding)
+    result = model.evaluate_file(args.data, split=args.split, window=args.window, encoding=args.encoding,
+                                 adapt=adapt or False)  # fmt: skip
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
         counted = f"{result.items:,} items, " if result.items else ""
         print(f"{result.what}: {counted}{result.chars:,} characters" + (" and ends" if result.items else ""))
-        print(f"loss {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char, "
+        adapted = " adapted" if result.static is not None else ""
+        print(f"loss{adapted} {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char, "
               f"perplexity {result.perplexity:.3f}")  # fmt: skip
+        if result.static is not None:
+            lower = 1 - result.loss / result.static.loss
+            print(f"loss static  {result.static.loss:.4f} nats/char, {result.static.bpc:.4f} bits/char "
+                  f"(the same text read the same way, not adapting; adapted {lower:.1%} lower)")  # fmt: skip
         if result.windows is not None:
             print(f"loss over independent {result.window}-character windows: {result.windows.loss:.4f}")
     return 0

@@ -297,6 +297,36 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """How a model learns from the text it reads (adapt.py: dynamic evaluation)."""
+
+    # Unmeasured starting points in the range Krause et al. (2018) used for character
+    # models; bench/adapt.py --tune chooses them on held-out text (README, Adaptation).
+    adapt_segment: int = option(50, "characters scored between two updates when adapting")
+    adapt_lr: float = option(
+        0.002, "size of each update, in units of the training gradients' root mean square"
+    )
+    adapt_decay: float = option(0.01, "pull back toward the trained weights at each update (0: none)")
+    adapt_stats_chars: int = option(
+        20_000, "characters at the end of the training text the gradient statistics come from"
+    )
+
+    def __post_init__(self) -> None:
+        _positive_int("adapt_segment", self.adapt_segment)
+        _positive_int("adapt_stats_chars", self.adapt_stats_chars)
+        _require(
+            self.adapt_stats_chars > self.adapt_segment,
+            f"adapt_stats_chars ({self.adapt_stats_chars!r}) must be more than one segment "
+            f"({self.adapt_segment!r} characters)",
+        )
+        for name in ("adapt_lr", "adapt_decay"):
+            value = getattr(self, name)
+            _finite(name, value)
+            _require(value >= 0, f"{name} must be >= 0, got {value!r}")
+        _require(self.adapt_decay <= 1, f"adapt_decay must be in [0, 1], got {self.adapt_decay!r}")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How `char-rnn serve` listens, and what it takes on at once (serve/)."""
 

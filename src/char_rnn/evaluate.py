@@ -5,8 +5,10 @@ as training does; `evaluate` and `evaluate_windows` take any ids that slice like
 
 The text is read with the state carried from character to character. To use the
 whole batch width of the hardware, it is cut into S contiguous streams that are
-read side by side; only the first few characters of each stream lack context, and
-every character after the first is predicted exactly once.
+read side by side, and every character after the first is predicted exactly once.
+Each stream but the first starts `warmup` characters before its own part and scores
+nothing there, so that its first scored character has the context a single stream
+reading the whole text would give it (that far back, at least).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +29,15 @@ from .data.vocab import Vocab
 from .device import autocast
 from .errors import CharRNNError, UsageError
 from .model.network import CharRNNModel
+
+# How the carried loss reads a text: 64 streams fill a CPU's GEMMs far better than 16, and
+# 256 characters of warm-up before each give it the figure of one stream reading the whole
+# text (bench/eval_speed.py measures both against that one stream).
+EVAL_STREAMS = 64
+EVAL_WARMUP = 256
+
+if TYPE_CHECKING:
+    from .adapt import Adaptation
 
 
 @dataclass(frozen=True)
@@ -52,33 +63,39 @@ class EvalResult:
 
 
 def stream_chunks(
-    ids: np.ndarray, n_streams: int, chunk: int
+    ids: np.ndarray, n_streams: int, chunk: int, warmup: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Inputs, targets and a mask, each (S, <=chunk), chunk after chunk: the N-1 predictions
-    split into S contiguous rows. Each chunk is sliced from `ids` as it is needed, so a
+    split into S contiguous parts, one a row, each row reading up to `warmup` characters
+    before its part unmasked. Each chunk is sliced from `ids` as it is needed, so a
     memory-mapped text is never copied whole."""
     n_targets = len(ids) - 1
     n_streams = max(1, min(n_streams, n_targets))
     length = math.ceil(n_targets / n_streams)
-    for start in range(0, length, chunk):
-        width = min(chunk, length - start)
+    firsts = [max(0, s * length - warmup) for s in range(n_streams)]  # where each row starts reading
+    width_all = length + max(s * length - first for s, first in enumerate(firsts))
+    for start in range(0, width_all, chunk):
+        width = min(chunk, width_all - start)
         inputs = np.zeros((n_streams, width), dtype=np.int64)
         targets = np.zeros((n_streams, width), dtype=np.int64)
         mask = np.zeros((n_streams, width), dtype=bool)
-        for s in range(n_streams):
-            lo = s * length + start
+        for s, first in enumerate(firsts):
+            lo = first + start
             hi = min(lo + width, (s + 1) * length, n_targets)
             if lo >= hi:
                 continue
             inputs[s, : hi - lo] = ids[lo:hi]
             targets[s, : hi - lo] = ids[lo + 1 : hi + 1]
-            mask[s, : hi - lo] = True
+            scored = max(s * length - lo, 0)  # the warm-up left in this chunk
+            mask[s, scored : hi - lo] = True
         yield torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(mask)
 
 
-def whole_streams(ids: np.ndarray, n_streams: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def whole_streams(
+    ids: np.ndarray, n_streams: int, warmup: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same layout as `stream_chunks`, in one piece (S, L)."""
-    return next(stream_chunks(ids, n_streams, chunk=len(ids)))
+    return next(stream_chunks(ids, n_streams, chunk=len(ids) + warmup, warmup=warmup))
 
 
 @torch.no_grad()
@@ -86,18 +103,20 @@ def evaluate(
     model: CharRNNModel,
     ids: np.ndarray,
     *,
-    streams: int = 16,
+    streams: int = EVAL_STREAMS,
+    warmup: int = EVAL_WARMUP,
     chunk: int = 256,
     dtype: torch.dtype = torch.float32,
 ) -> EvalResult:
-    """Mean cross-entropy over every next-character prediction in `ids`."""
+    """Mean cross-entropy over every next-character prediction in `ids`, read in `streams`
+    streams side by side, each after `warmup` characters of context (module docstring)."""
     if len(ids) < 2:
         raise ValueError("evaluation needs at least two characters")
     device = model.head.weight.device
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    for inputs, targets, mask in stream_chunks(ids, streams, chunk):
+    for inputs, targets, mask in stream_chunks(ids, streams, chunk, warmup):
         x, y, m = inputs.to(device), targets.to(device), mask.to(device)
         with autocast(device, dtype):
             logits, state = model(x, state)
@@ -170,7 +189,9 @@ def evaluate_items(
 @dataclass(frozen=True)
 class CorpusEval:
     """A model's loss on one split of a corpus: with the state carried through the whole
-    text and, when a window was asked for, over independent windows of that size."""
+    text and, when a window was asked for, over independent windows of that size. Read with
+    adaptation (adapt.py), `carried` is the adapted loss and `static` the trained weights'
+    loss on the same text, read the same way."""
 
     source: str
     split: str
@@ -178,6 +199,7 @@ class CorpusEval:
     window: int = 0
     windows: EvalResult | None = None
     items: int = 0  # for a list of items: how many were scored, each whole
+    static: EvalResult | None = None
 
     @property
     def what(self) -> str:
@@ -205,6 +227,9 @@ class CorpusEval:
             figures[f"window_{self.window}_loss"] = self.windows.loss
         if self.items:
             figures["items"] = self.items
+        if self.static is not None:
+            figures["static_loss"] = self.static.loss
+            figures["static_bpc"] = self.static.bpc
         return figures
 
 
@@ -215,13 +240,15 @@ def evaluate_corpus(
     split: str,
     val_fraction: float,
     window: int = 0,
-    streams: int = 16,
+    streams: int = EVAL_STREAMS,
     items: str | None = None,
     seed: int = 0,
+    adaptation: Adaptation | None = None,
 ) -> CorpusEval:
     """The loss on `corpus.part(split, val_fraction)`, the same split training makes; also
     over independent windows of `window` characters unless it is 0. With `items` (a kind of
-    items), the loss over the split's items, each whole, split as training with `seed` did."""
+    items), the loss over the split's items, each whole, split as training with `seed` did.
+    With `adaptation`, the carried loss is read adapting, with the static one beside it."""
     if window < 0:
         raise UsageError(f"window must be a positive number of characters (0: none), got {window}")
     if items:
@@ -230,13 +257,18 @@ def evaluate_corpus(
     what = f"{split} text of {corpus.source}"
     if len(ids) < 2:
         raise CharRNNError(f"{what} needs at least two characters")
-    carried = evaluate(model, ids, streams=streams)
+    static = None
+    if adaptation is not None:
+        adapted = adaptation.evaluate(model, ids)
+        carried, static = adapted.adapted, adapted.static
+    else:
+        carried = evaluate(model, ids, streams=streams)
     windows = None
     if window:
         if len(ids) <= window:
             raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
         windows = evaluate_windows(model, ids, window=window)
-    return CorpusEval(corpus.source, split, carried, window, windows)
+    return CorpusEval(corpus.source, split, carried, window, windows, static=static)
 
 
 def _evaluate_item_corpus(
@@ -253,7 +285,11 @@ def _evaluate_item_corpus(
 
 @torch.no_grad()
 def evaluate_steps(
-    step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]], ids: np.ndarray, *, streams: int = 16
+    step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]],
+    ids: np.ndarray,
+    *,
+    streams: int = EVAL_STREAMS,
+    warmup: int = EVAL_WARMUP,
 ) -> EvalResult:
     """Mean cross-entropy over `ids` laid out as `evaluate` lays them out, read one position
     at a time through `step(ids (S, 1), state) -> (logits (S, V), state)`, state None at
@@ -261,7 +297,7 @@ def evaluate_steps(
     on exactly the predictions `evaluate` scores for the model."""
     if len(ids) < 2:
         raise ValueError("evaluation needs at least two characters")
-    inputs, targets, mask = (a.t().contiguous() for a in whole_streams(ids, streams))  # (L, S)
+    inputs, targets, mask = (a.t().contiguous() for a in whole_streams(ids, streams, warmup))  # (L, S)
     losses = torch.empty(inputs.shape, dtype=torch.float32)
     state = None
     for t in range(inputs.shape[0]):

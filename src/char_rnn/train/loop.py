@@ -35,7 +35,7 @@ from ..data.batches import make_batches
 from ..data.items import ItemBatches, find_items, split_items
 from ..device import autocast, keep_freed_memory, resolve_precision
 from ..errors import CharRNNError
-from ..evaluate import EvalResult, evaluate, evaluate_items
+from ..evaluate import EVAL_STREAMS, EvalResult, evaluate, evaluate_items
 from ..model.network import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
 from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
@@ -347,7 +347,10 @@ class _Trainer:
         total, count = 0.0, 0
         if hi > lo:
             part = evaluate(
-                self.evaluated_model, self.val_ids[lo : hi + 1], streams=max(16 // world, 1), dtype=self.dtype
+                self.evaluated_model,
+                self.val_ids[lo : hi + 1],
+                streams=max(EVAL_STREAMS // world, 1),
+                dtype=self.dtype,
             )
             total, count = part.loss * part.chars, part.chars
         total, count = self.processes.sum([total, count])
