@@ -52,6 +52,7 @@ class Load:
     errors: Counter = field(default_factory=Counter)
     wrong_lengths: int = 0
     cut_off: int = 0
+    longest_s: float = 0.0  # the slowest stream read to its end
 
 
 class Server:
@@ -123,6 +124,7 @@ async def read_stream(client: httpx.AsyncClient, body: dict, load: Load, cut_aft
         return
     load.chars += chars
     load.streams += 1
+    load.longest_s = max(load.longest_s, time.perf_counter() - sent)
     if first is not None:
         load.per_stream_chars_s.append(chars / max(time.perf_counter() - sent, 1e-9))
 
@@ -207,7 +209,8 @@ def soak(args: argparse.Namespace) -> None:
     last = statistics.mean(r for _, r in samples[-tenth:]) / 1024
     bad = {k: v for k, v in load.errors.items() if k != 429}
     print(f"soak: {args.soak:g} min, {load.streams} streams read to the end, {load.cut_off} cut off by their "
-          f"reader; wrong lengths: {load.wrong_lengths}; errors other than 429: {bad or 'none'}")  # fmt: skip
+          f"reader; wrong lengths: {load.wrong_lengths}; errors other than 429: {bad or 'none'}; "
+          f"the slowest stream read to its end took {load.longest_s:.1f} s")  # fmt: skip
     print(
         f"server RSS: {first:,.1f} MiB in the first tenth, {last:,.1f} MiB in the last ({last - first:+.1f})"
     )
