@@ -379,6 +379,8 @@ def url_of(sock: socket.socket) -> str:
 
 
 SWITCH_INTERVAL = 0.0005  # seconds
+
+
 def serve(
     engine: Any,
     config: ServerConfig,
