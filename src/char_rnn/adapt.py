@@ -39,9 +39,13 @@ from .config import AdaptConfig
 from .errors import CharRNNError
 from .evaluate import EvalResult
 from .model.network import CharRNNModel, State, detach_state
+from .threads import using_threads
 
 # The denominator's floor, as a fraction of the mean rms of each tensor (module docstring).
 RMS_FLOOR = 0.1
+# Adapting reads one stream a segment at a time: small operations, which one thread runs
+# faster than two wherever another program takes a core; `threads` pins another count.
+ONE_STREAM_THREADS = 1
 # `continuation_start`: generation after an adapted text starts from at most this much of its end.
 START_CHARS = 200
 
@@ -223,20 +227,28 @@ class Adaptation:
 
     config: AdaptConfig
     stats: GradientStats
+    threads: int = ONE_STREAM_THREADS
 
     @classmethod
-    def prepare(cls, model: CharRNNModel, train_ids: np.ndarray, config: AdaptConfig) -> Adaptation:
-        """Statistics from the last `config.adapt_stats_chars` characters of `train_ids`."""
+    def prepare(
+        cls, model: CharRNNModel, train_ids: np.ndarray, config: AdaptConfig, threads: int | None = None
+    ) -> Adaptation:
+        """Statistics from the last `config.adapt_stats_chars` characters of `train_ids`;
+        `threads` (default ONE_STREAM_THREADS) for all the arithmetic of adapting."""
+        threads = threads or ONE_STREAM_THREADS
         tail = train_ids[max(0, len(train_ids) - config.adapt_stats_chars - 1) :]
         if len(tail) <= config.adapt_segment:
             raise CharRNNError(
                 f"adaptation needs more than one segment ({config.adapt_segment} characters) of "
                 f"training text for its gradient statistics; the training part has {len(train_ids)}"
             )
-        return cls(config, gradient_statistics(model, tail, config.adapt_segment))
+        with using_threads(threads):
+            return cls(config, gradient_statistics(model, tail, config.adapt_segment), threads)
 
     def evaluate(self, model: CharRNNModel, ids: np.ndarray) -> AdaptedEval:
-        return evaluate_adapted(model, ids, self.stats, self.config)
+        with using_threads(self.threads):
+            return evaluate_adapted(model, ids, self.stats, self.config)
 
     def adapted_model(self, model: CharRNNModel, ids: np.ndarray) -> CharRNNModel:
-        return adapted_model(model, ids, self.stats, self.config)
+        with using_threads(self.threads):
+            return adapted_model(model, ids, self.stats, self.config)

@@ -42,6 +42,7 @@ from .novelty import CopyIndex, Novelty
 from .run.checkpoint import load_weights
 from .run.curves import CurvesPicture, draw_run
 from .run.folder import RunFolder
+from .threads import check_threads, thread_choice
 from .train.loop import TrainResult, run_plan
 from .train.plan import plan_training
 
@@ -61,14 +62,17 @@ class CharRNN:
         *,
         run: str | os.PathLike | None = None,
         which: str = "latest",
+        threads: int | None = None,
     ):
+        check_threads(threads)
+        self.threads = threads  # None: each call measures its own (threads.py)
         self.model = model
         self.vocab = vocab
         self.run_config = run_config
         self.run = Path(run) if run is not None else None  # the run folder it was loaded from
         # How stream/generate run the model (see char_rnn.generate); an engine that reads a
         # file of its own, as onnx does, finds it in `run`.
-        self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which)
+        self.engine: Engine = open_engine(engine, model, vocab, run=run, which=which, threads=threads)
         self.run_path = run
         self._adaptations: dict[AdaptConfig, Adaptation] = {}
 
@@ -80,13 +84,17 @@ class CharRNN:
         which: str = "latest",
         device: str = "cpu",
         engine: str = DEFAULT_ENGINE,
+        threads: int | None = None,
     ) -> CharRNN:
         """Load the newest weights of a run folder (`which="best"` for the best ones).
 
         `engine="fast"` (the default) generates through a compiled loop with int8 weights
         on the CPU; `engine="reference"` calls the model once per character;
         `engine="onnx"` runs the run's exported model.onnx in onnxruntime (CPU only).
-        Beam search and evaluation use the model itself whatever the engine."""
+        Beam search and evaluation use the model itself whatever the engine.
+
+        `threads` pins the CPU threads that generation and evaluation use; by default they
+        time their own work and keep the fastest count, as the machine's load changes."""
         if engine_kind(engine).cpu_only and device != "cpu":  # before the weights load
             raise UsageError(f"the {engine} engine runs on the CPU only; use device cpu, not {device!r}")
         folder = RunFolder(run)
@@ -94,7 +102,7 @@ class CharRNN:
         model = CharRNNModel(saved.model)
         load_weights(model, folder.weights_path(which))
         model.to(resolve_device(device)).eval()
-        return cls(model, saved.vocab, saved.payload, engine, run=folder.path, which=which)
+        return cls(model, saved.vocab, saved.payload, engine, run=folder.path, which=which, threads=threads)
 
     @classmethod
     def train(cls, preset: str | None = None, *, progress: bool = True, **options: Any) -> CharRNN:
@@ -221,8 +229,10 @@ class CharRNN:
             return self.adaptation(None if adapt is True else adapt).evaluate(self.model, ids)
         if self.items:
             items = find_items(self.encode_text(text), self.vocab, self.items, what="the evaluation text")
-            return evaluate_items(self.model, items)
-        return evaluate(self.model, self.encode_text(text), streams=streams)
+            return evaluate_items(self.model, items, threads=thread_choice(self.threads))
+        return evaluate(
+            self.model, self.encode_text(text), streams=streams, threads=thread_choice(self.threads)
+        )
 
     def score(self, text: str) -> Score:
         """Total bits, bits per character and each character's surprisal in bits; for an items
@@ -231,7 +241,9 @@ class CharRNN:
 
     def evaluate_windows(self, text: str, *, window: int = 256) -> EvalResult:
         """Loss over independent windows, each from a zero state."""
-        return evaluate_windows(self.model, self.encode_text(text), window=window)
+        return evaluate_windows(
+            self.model, self.encode_text(text), window=window, threads=thread_choice(self.threads)
+        )
 
     def evaluate_file(
         self,
@@ -267,6 +279,7 @@ class CharRNN:
             items=self.items,
             seed=int(train.get("seed", 0)),
             adaptation=adaptation,
+            threads=thread_choice(self.threads),
         )
 
     def adaptation(self, config: AdaptConfig | None = None) -> Adaptation:
@@ -279,7 +292,9 @@ class CharRNN:
         if self.items:
             raise UsageError("adaptation reads one long text; this run was trained on items")
         if config not in self._adaptations:
-            self._adaptations[config] = Adaptation.prepare(self.model, self.run_text("train"), config)
+            self._adaptations[config] = Adaptation.prepare(
+                self.model, self.run_text("train"), config, threads=self.threads
+            )
         return self._adaptations[config]
 
     def run_text(self, split: str = "val") -> np.ndarray:
@@ -302,7 +317,9 @@ class CharRNN:
         adaptation = self.adaptation(adapt)
         ids = self.encode_text(text, what="the text to adapt to")
         model = adaptation.adapted_model(self.model, ids)
-        return CharRNN(model, self.vocab, self.run_config, self.engine.name, run=self.run)
+        return CharRNN(
+            model, self.vocab, self.run_config, self.engine.name, run=self.run, threads=self.threads
+        )
 
 
 def _text_start(start: str | None) -> str:

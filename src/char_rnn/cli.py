@@ -111,6 +111,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
 
 
+THREADS_HELP = ("CPU threads (or CHAR_RNN_THREADS; default: chosen by timing the work, "
+                "again as the machine's load changes)")  # fmt: skip
+BUSY_HELP = "run K single-core busy processes beside the measurement, as other programs would (default 0)"
+
 # Engine names the CLI once took, still accepted with a warning.
 RENAMED_ENGINES = {"torch": "fast"}
 
@@ -160,7 +164,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     _add_engine(p)
     p.add_argument("--beam", type=int, metavar="N",
                    help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
-    p.add_argument("--threads", type=int, help="CPU threads (default 1 for one sample, else one per core)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--novelty", action="store_true",
                    help="report on stderr the longest span each sample shares with the training text "
                         "(and for items, whether it is a training item)")  # fmt: skip
@@ -194,6 +198,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                         "protocol transformer baselines report (default 0: none)")  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--adapt", action="store_true",
                    help="read the text in segments, each scored and then learned from (dynamic "
@@ -349,6 +354,8 @@ def _add_bench_train(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--rnn", choices=("fused", "torch"), default="fused",
                    help="fused CPU kernels (default) or PyTorch's nn.GRU/nn.LSTM")  # fmt: skip
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--busy", type=int, default=0, metavar="K", help=BUSY_HELP)
     p.set_defaults(handler=cmd_bench_train)
 
 
@@ -370,7 +377,8 @@ def _add_bench_generate(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--length", type=int, default=1000, help="characters per stream (default 1000)")
     _add_engine(p)
     p.add_argument("--run", help="a run folder's model instead of the random one")
-    p.add_argument("--threads", type=int, help="CPU threads (default 1 for one stream, else one per core)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--busy", type=int, default=0, metavar="K", help=BUSY_HELP)
     p.set_defaults(handler=cmd_bench_generate)
 
 
@@ -461,8 +469,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("--beam finds one continuation with the model itself, not an engine; "
                          "drop --num-samples, --stop and --engine onnx")  # fmt: skip
     adapt = _adapt_config(args, args.adapt_to is not None, "--adapt-to FILE")
-    _set_threads(args.threads, config.num_samples)
-    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine,
+                         threads=args.threads)  # fmt: skip
     if adapt is not None:
         from .adapt import continuation_start
         from .data.text import read_text
@@ -604,64 +612,67 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_threads(threads: int | None, streams: int) -> None:
-    """The process's CPU threads; the command owns the process, the library never sets them.
-
-    One stream gets one thread unless asked: its matrix-vector products gain little from a
-    second core, and on a busy machine every parallel op waits for a thread that is not
-    running (measured: one thread 10-25x faster than two with the cores oversubscribed)."""
-    if threads is None and streams > 1:
-        return
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be a positive integer, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads or 1)
+def _busy_note(count: int) -> str:
+    return f", beside {count} busy process{'es' if count != 1 else ''}" if count else ""
 
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from .busy import busy_cores, check_busy
     from .data.vocab import Vocab
     from .generate import open_engine
     from .generate.speed import measure_generation, tutorial_model
+    from .threads import check_threads
 
     if args.batch_size < 1 or args.length < 1:
         raise UsageError("--batch-size and --length must be positive")
-    _set_threads(args.threads, args.batch_size)
+    check_threads(args.threads, "--threads")
+    check_busy(args.busy, "--busy")
     if args.run:
         from .api import CharRNN
 
-        loaded = CharRNN.load(args.run, engine=args.engine)
+        loaded = CharRNN.load(args.run, engine=args.engine, threads=args.threads)
         engine, vocab, what = loaded.engine, loaded.vocab, args.run
     else:
         vocab = Vocab(chr(c) for c in range(32, 97))  # 65 characters, as tiny Shakespeare has
-        engine, what = open_engine(args.engine, tutorial_model(vocab), vocab), "random tutorial-size model"
-    speed = measure_generation(engine, vocab, batch_size=args.batch_size, length=args.length)
+        engine = open_engine(args.engine, tutorial_model(vocab), vocab, threads=args.threads)
+        what = "random tutorial-size model"
+    with busy_cores(args.busy):
+        speed = measure_generation(engine, vocab, batch_size=args.batch_size, length=args.length)
+    chosen = getattr(engine, "threads", None)
+    threads = f", {chosen.chosen} threads" if chosen is not None else ""
     print(f"generate {what}: engine {speed.engine}, {speed.batch_size} stream(s) x {speed.length} "
-          f"characters in {speed.seconds:.2f} s: {speed.chars_per_s:,.0f} chars/s")  # fmt: skip
+          f"characters in {speed.seconds:.2f} s: {speed.chars_per_s:,.0f} chars/s{threads}"
+          f"{_busy_note(args.busy)}")  # fmt: skip
     return 0
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
+    from .busy import busy_cores, check_busy
     from .config import build_configs, with_vocab
     from .device import resolve_precision
+    from .threads import check_threads
     from .train.speed import measure_training
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be positive and --warmup non-negative")
+    check_threads(args.threads, "--threads")
+    check_busy(args.busy, "--busy")
     options = {name: getattr(args, name) for name in BENCH_TRAIN_FLAGS}
     model_config, train_config = build_configs(args.preset, **options)
     model_config = with_vocab(model_config, 65)  # tiny Shakespeare's vocabulary
     import torch
 
     dtype = resolve_precision(train_config.precision, torch.device("cpu"))
-    speed = measure_training(model_config, batch_size=train_config.batch_size,
-                             seq_length=train_config.seq_length, dtype=dtype, steps=args.steps,
-                             warmup=args.warmup, fused=args.rnn == "fused")  # fmt: skip
+    with busy_cores(args.busy):
+        speed = measure_training(model_config, batch_size=train_config.batch_size,
+                                 seq_length=train_config.seq_length, dtype=dtype, steps=args.steps,
+                                 warmup=args.warmup, fused=args.rnn == "fused",
+                                 threads=args.threads)  # fmt: skip
     m = model_config
     print(f"train {m.layers}x{m.cell.upper()} {m.units} (embedding {m.embedding_dim}), batch "
           f"{train_config.batch_size} x {train_config.seq_length}, "
           f"{str(dtype).replace('torch.', '')}, {'fused' if speed.fused else 'torch'} rnn, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+          f"{speed.threads} threads{_busy_note(args.busy)}")  # fmt: skip
     print(f"{speed.chars_per_s:,.0f} chars/s, {speed.gflops:,.1f} GFLOP/s = "
           f"{speed.peak_fraction:.0%} of the {speed.peak_gflops:,.0f} GFLOP/s GEMM peak measured "
           f"for {str(dtype).replace('torch.', '')}")  # fmt: skip
@@ -672,8 +683,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import CharRNN
 
     adapt = _adapt_config(args, args.adapt, "--adapt")
-    _set_threads(args.threads, 1 if adapt else 16)  # adaptation reads one stream, evaluate 16
-    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, threads=args.threads)
     result = model.evaluate_file(args.data, split=args.split, window=args.window, encoding=args.encoding,
                                  adapt=adapt or False)  # fmt: skip
     if args.json:

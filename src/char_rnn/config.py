@@ -178,6 +178,12 @@ class TrainConfig:
     )
     precision: str = option("auto", "autocast dtype", group=OPTIMIZATION, choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", group=OPTIMIZATION)
+    threads: int | None = option(
+        None,
+        "CPU threads (or CHAR_RNN_THREADS)",
+        group=OPTIMIZATION,
+        shown="chosen by timing the steps, again as the machine's load changes",
+    )
     resume: bool = option(
         False,
         "continue the run in the run folder; with nothing saved there yet, start it",
@@ -219,7 +225,14 @@ class TrainConfig:
         )
         for name in positive:
             _positive_int(name, getattr(self, name))
-        for name in ("epochs", "max_steps", "patience", "eval_every_steps", "checkpoint_every_steps"):
+        for name in (
+            "epochs",
+            "max_steps",
+            "patience",
+            "eval_every_steps",
+            "checkpoint_every_steps",
+            "threads",
+        ):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value)

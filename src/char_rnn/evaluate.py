@@ -29,6 +29,7 @@ from .data.vocab import Vocab
 from .device import autocast
 from .errors import CharRNNError, UsageError
 from .model.network import CharRNNModel
+from .threads import ThreadChoice, thread_choice
 
 # How the carried loss reads a text: 64 streams fill a CPU's GEMMs far better than 16, and
 # 256 characters of warm-up before each give it the figure of one stream reading the whole
@@ -107,21 +108,26 @@ def evaluate(
     warmup: int = EVAL_WARMUP,
     chunk: int = 256,
     dtype: torch.dtype = torch.float32,
+    threads: ThreadChoice | None = None,
 ) -> EvalResult:
     """Mean cross-entropy over every next-character prediction in `ids`, read in `streams`
-    streams side by side, each after `warmup` characters of context (module docstring)."""
+    streams side by side, each after `warmup` characters of context (module docstring);
+    each chunk runs with the count `threads` chooses (threads.py; None: a new choice,
+    measured)."""
     if len(ids) < 2:
         raise ValueError("evaluation needs at least two characters")
     device = model.head.weight.device
     was_training = model.training
     model.eval()
+    threads = threads or thread_choice()
     total, count, state = 0.0, 0, None
     for inputs, targets, mask in stream_chunks(ids, streams, chunk, warmup):
         x, y, m = inputs.to(device), targets.to(device), mask.to(device)
-        with autocast(device, dtype):
-            logits, state = model(x, state)
-        losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (S, T)
-        total += float(losses[m].sum())
+        with threads.unit(x.shape[1] / chunk):
+            with autocast(device, dtype):
+                logits, state = model(x, state)
+            losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (S, T)
+            total += float(losses[m].sum())
         count += int(m.sum())
     model.train(was_training)
     return EvalResult(loss=total / count, chars=count)
@@ -135,6 +141,7 @@ def evaluate_windows(
     window: int = 256,
     batch: int = 64,
     dtype: torch.dtype = torch.float32,
+    threads: ThreadChoice | None = None,
 ) -> EvalResult:
     """Mean loss over independent windows, each read from a zero state (the protocol
     transformer baselines such as nanoGPT report)."""
@@ -144,6 +151,7 @@ def evaluate_windows(
     device = model.head.weight.device
     was_training = model.training
     model.eval()
+    threads = threads or thread_choice()
     total = 0.0
     for first in range(0, n_windows, batch):
         rows = min(batch, n_windows - first)
@@ -153,9 +161,10 @@ def evaluate_windows(
         )
         x = piece[:-1].view(rows, window).to(device)
         y = piece[1:].view(rows, window).to(device)
-        with autocast(device, dtype):
-            logits, _ = model(x)
-        total += float(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="sum"))
+        with threads.unit(rows / batch):
+            with autocast(device, dtype):
+                logits, _ = model(x)
+            total += float(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="sum"))
     model.train(was_training)
     chars = n_windows * window
     return EvalResult(loss=total / chars, chars=chars)
@@ -163,7 +172,12 @@ def evaluate_windows(
 
 @torch.no_grad()
 def evaluate_items(
-    model: CharRNNModel, items: Items, *, budget: int = 32_768, dtype: torch.dtype = torch.float32
+    model: CharRNNModel,
+    items: Items,
+    *,
+    budget: int = 32_768,
+    dtype: torch.dtype = torch.float32,
+    threads: ThreadChoice | None = None,
 ) -> EvalResult:
     """Mean cross-entropy per prediction over whole items, each read from a zero state after
     the item mark: every character, and the end of each item, is one prediction."""
@@ -175,13 +189,15 @@ def evaluate_items(
     order = np.argsort(items.lengths, kind="stable")
     widths = items.lengths[order] + 1
     bounds = batch_bounds(widths, max(budget, int(widths[-1])))
+    threads = threads or thread_choice()
     total = 0.0
     for lo, hi in pairwise(bounds):
         x, y = items.rows(order[lo:hi])
-        with autocast(device, dtype):
-            logits, _ = model(x.to(device))
-        logits = logits.float().transpose(1, 2)
-        total += float(F.cross_entropy(logits, y.to(device), ignore_index=IGNORED, reduction="sum"))
+        with threads.unit(x.numel() / budget):
+            with autocast(device, dtype):
+                logits, _ = model(x.to(device))
+            logits = logits.float().transpose(1, 2)
+            total += float(F.cross_entropy(logits, y.to(device), ignore_index=IGNORED, reduction="sum"))
     model.train(was_training)
     return EvalResult(loss=total / items.predictions, chars=items.predictions)
 
@@ -244,6 +260,7 @@ def evaluate_corpus(
     items: str | None = None,
     seed: int = 0,
     adaptation: Adaptation | None = None,
+    threads: ThreadChoice | None = None,
 ) -> CorpusEval:
     """The loss on `corpus.part(split, val_fraction)`, the same split training makes; also
     over independent windows of `window` characters unless it is 0. With `items` (a kind of
@@ -252,7 +269,7 @@ def evaluate_corpus(
     if window < 0:
         raise UsageError(f"window must be a positive number of characters (0: none), got {window}")
     if items:
-        return _evaluate_item_corpus(model, corpus, split, val_fraction, items, seed)
+        return _evaluate_item_corpus(model, corpus, split, val_fraction, items, seed, threads)
     ids = corpus.part(split, val_fraction)
     what = f"{split} text of {corpus.source}"
     if len(ids) < 2:
@@ -262,17 +279,25 @@ def evaluate_corpus(
         adapted = adaptation.evaluate(model, ids)
         carried, static = adapted.adapted, adapted.static
     else:
-        carried = evaluate(model, ids, streams=streams)
+        carried = evaluate(model, ids, streams=streams, threads=threads)
     windows = None
     if window:
         if len(ids) <= window:
             raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
-        windows = evaluate_windows(model, ids, window=window)
+        windows = evaluate_windows(
+            model, ids, window=window, threads=thread_choice(threads and threads.pinned)
+        )
     return CorpusEval(corpus.source, split, carried, window, windows, static=static)
 
 
 def _evaluate_item_corpus(
-    model: CharRNNModel, corpus: Corpus, split: str, val_fraction: float, kind: str, seed: int
+    model: CharRNNModel,
+    corpus: Corpus,
+    split: str,
+    val_fraction: float,
+    kind: str,
+    seed: int,
+    threads: ThreadChoice | None,
 ) -> CorpusEval:
     corpus.part(split, val_fraction)  # checks the split's name
     found = find_items(corpus.ids, corpus.vocab, kind, what=f"corpus {corpus.source}")
@@ -280,7 +305,7 @@ def _evaluate_item_corpus(
     part = {"all": found, "train": train, "val": val}[split]
     if len(part) == 0:
         raise CharRNNError(f"the {split} part of {corpus.source} holds no item")
-    return CorpusEval(corpus.source, split, evaluate_items(model, part), items=len(part))
+    return CorpusEval(corpus.source, split, evaluate_items(model, part, threads=threads), items=len(part))
 
 
 @torch.no_grad()

@@ -44,8 +44,9 @@ class Engine(Protocol):
 
 
 # Opens an engine on a loaded model and vocabulary; an engine that reads a file of its own
-# also gets the run folder (None when the model did not come from one) and which weights.
-Opener = Callable[[CharRNNModel, Vocab, "str | os.PathLike | None", str], Engine]
+# also gets the run folder (None when the model did not come from one) and which weights;
+# one that runs PyTorch on the CPU, the count of threads asked for (None: measured, threads.py).
+Opener = Callable[[CharRNNModel, Vocab, "str | os.PathLike | None", str, "int | None"], Engine]
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,23 @@ class EngineKind:
     cpu_only: bool = False  # runs on the CPU whatever the model's device: another is refused, not ignored
 
 
-def _open_fast(model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str) -> Engine:
+def _open_fast(
+    model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str, threads: int | None
+) -> Engine:
     if fast.supports(model):
-        return fast.FastEngine(model, vocab)
+        return fast.FastEngine(model, vocab, threads=threads)
     return ReferenceEngine(model, vocab)
 
 
-def _open_reference(model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str) -> Engine:
+def _open_reference(
+    model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str, threads: int | None
+) -> Engine:
     return ReferenceEngine(model, vocab)
 
 
-def _open_onnx(model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str) -> Engine:
+def _open_onnx(
+    model: CharRNNModel, vocab: Vocab, run: str | os.PathLike | None, which: str, threads: int | None
+) -> Engine:
     if run is None:
         raise UsageError(
             "the onnx engine reads a run folder's exported model.onnx, and no run folder was given"
@@ -99,8 +106,10 @@ def open_engine(
     *,
     run: str | os.PathLike | None = None,
     which: str = "latest",
+    threads: int | None = None,
 ) -> Engine:
-    return engine_kind(name).open(model, vocab, run, which)
+    """`threads`: pin the CPU threads of an engine that runs PyTorch (default: measured)."""
+    return engine_kind(name).open(model, vocab, run, which, threads)
 
 
 def stream_texts(engine: Engine, config: SampleConfig) -> Iterator[list[str]]:

@@ -40,6 +40,7 @@ from ..config import SampleConfig
 from ..data.vocab import Vocab
 from ..errors import UsageError
 from ..model.network import CharRNNModel
+from ..threads import ThreadChoice, thread_choice
 from .sampling import draw_by_inverse_cdf, filter_logits_rows, make_generator
 
 WEIGHTS = ("auto", "int8", "fp32")
@@ -302,15 +303,25 @@ class FastGenerator:
         c: torch.Tensor,
         config: SampleConfig,
         generator: torch.Generator,
+        threads: ThreadChoice | None = None,
     ) -> Iterator[torch.Tensor]:
-        """From the logits (B, V) and state after the start string, yield (k, B) ids per chunk."""
+        """From the logits (B, V) and state after the start string, yield (k, B) ids per chunk,
+        each chunk computed with the thread count `threads` chooses (threads.py)."""
+        threads = threads or thread_choice()
         batch = logits.shape[0]
         out = torch.empty(CHUNK, batch, dtype=torch.long)  # reused: memory stays constant
         rows = row_settings([config] * batch, logits.shape[1])
         for done in range(0, config.length, CHUNK):
             k = min(CHUNK, config.length - done)
             uniforms = torch.rand((k, batch), generator=generator)
-            logits = self.loop(logits, h, c, uniforms, out[:k], rows)
+            # Cut where the choice asks for a small piece; the loop carries its state in h, c
+            # and the logits, so the pieces make the same text as the chunk in one call.
+            first = 0
+            while first < k:
+                last = min(k, first + max(1, round(CHUNK * threads.share())))
+                with threads.unit((last - first) / CHUNK):
+                    logits = self.loop(logits, h, c, uniforms[first:last], out[first:last], rows)
+                first = last
             yield out[:k]
 
     @torch.no_grad()
@@ -359,13 +370,19 @@ class FastEngine:
 
     name = "fast"
 
-    def __init__(self, model: CharRNNModel, vocab: Vocab, *, weights: str = "auto"):
+    def __init__(
+        self, model: CharRNNModel, vocab: Vocab, *, weights: str = "auto", threads: int | None = None
+    ):
         resolve_weights(weights)  # a bad or unavailable choice fails here, not at the first stream
         if not supports(model):
             raise UsageError("the fast engine runs on the CPU; use the reference engine on a GPU")
         self.model = model
         self.vocab = vocab
         self.weights = weights
+        # Kept across streams, so that what one stream measured serves the next; a stream of
+        # another width (or a chunk cut short) takes a moment to measure again.
+        self.threads = thread_choice(threads, warmup=2)
+        self._width = 0
 
     def stream(self, config: SampleConfig) -> Iterator[list[str]]:
         self.vocab.check(config.start, "the start string")
@@ -386,5 +403,8 @@ class FastEngine:
         generator = make_generator(config.seed)
         logits, h, c = read_start(fast, self.vocab, [config.start] * config.num_samples)
         chars = np.array(self.vocab.chars, dtype=object)
-        for ids in fast.chunks(logits, h, c, config, generator):
+        if config.num_samples != self._width:  # the unit of work changed: measure it anew
+            self.threads = thread_choice(self.threads.pinned, warmup=2)
+            self._width = config.num_samples
+        for ids in fast.chunks(logits, h, c, config, generator, self.threads):
             yield from chars[ids.numpy()].tolist()

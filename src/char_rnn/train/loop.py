@@ -36,9 +36,11 @@ from ..data.items import ItemBatches, find_items, split_items
 from ..device import autocast, keep_freed_memory, resolve_precision
 from ..errors import CharRNNError
 from ..evaluate import EVAL_STREAMS, EvalResult, evaluate, evaluate_items
+from ..model import native
 from ..model.network import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
 from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
+from ..threads import ThreadChoice, candidate_counts, pinned_threads, thread_choice, using_threads
 from .average import WeightAverage
 from .board import Board, open_board
 from .distributed import Processes, process_group
@@ -137,6 +139,7 @@ class _Trainer:
         self.state = TrainingState()
         self.hidden: State | None = None
         self.saved_step = -1  # the step of the newest checkpoint this invocation knows of
+        self.threads = ThreadChoice(torch.get_num_threads())  # until choose_threads() decides
         if plan.saved is not None:
             with processes.main_first():  # rank 0 tidies the folder before others read it
                 self._restore(plan)
@@ -249,6 +252,73 @@ class _Trainer:
         )
         return []
 
+    # ---- before the clock starts ----
+
+    def build_kernels(self) -> None:
+        """Build the compiled time loops now where this run uses them and this machine has
+        none yet: the build (about half a minute, once per machine) is not training time."""
+        uses_native = self.model.fused_cpu and self.device.type == "cpu"
+        if not (uses_native and self.dtype in (torch.float32, torch.bfloat16)):
+            return
+        if native.needs_build():
+            log.info("building the compiled time loop for this CPU (once per machine, about half "
+                     "a minute; not counted in --max-time)")  # fmt: skip
+        native.kernels()
+
+    def choose_threads(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """How many threads each step uses (threads.py): pinned when asked for; else timed,
+        and timed again as the machine's load changes where the count leaves the numbers as
+        they are; where it does not, timed once for the whole run, so that an uninterrupted
+        run and a resumed one cannot differ."""
+        pinned = pinned_threads(self.config.threads)
+        candidates = candidate_counts()
+        if pinned is not None or self.device.type != "cpu" or self.processes.is_distributed:
+            self.threads = ThreadChoice(pinned or torch.get_num_threads())
+            return
+        if len(candidates) == 1:
+            self.threads = ThreadChoice(candidates[0])
+            return
+        state = self.state
+        if state.threads_invariant is None:
+            fewest, _ = self._trial_step(x, y, candidates[0])
+            most, _ = self._trial_step(x, y, candidates[-1])
+            state.threads_invariant = all(torch.equal(a, b) for a, b in zip(fewest, most, strict=True))
+            if not state.threads_invariant:
+                seconds = {n: self._trial_step(x, y, n)[1] for n in candidates}
+                state.threads = min(seconds, key=lambda n: seconds[n])
+                log.info(
+                    "%d threads for this run: its numbers depend on the count, which is kept so "
+                    "that a resume stays exact",
+                    state.threads,
+                )
+        self.threads = ThreadChoice(state.threads, candidates=candidates)
+
+    def _trial_step(self, x: torch.Tensor, y: torch.Tensor, threads: int) -> tuple[list[torch.Tensor], float]:
+        """The loss, gradient norm and gradients of one step on (x, y) with `threads` threads,
+        and its time; the weights, optimizer and random state are left as they were."""
+        rng = torch.get_rng_state()
+        hidden = self.hidden if self.batches.stateful else None
+        with using_threads(threads):
+            started = time.perf_counter()
+            with autocast(self.device, self.dtype):
+                logits, _ = self.forward_model(x, hidden)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf)
+            seconds = time.perf_counter() - started
+        figures = [loss.detach(), norm] + [
+            p.grad.clone() for p in self.model.parameters() if p.grad is not None
+        ]
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        return figures, seconds
+
+    def eval_threads(self) -> ThreadChoice:
+        """Validation's own choice (its chunks are another unit of work than a step), pinned
+        where the steps' count is."""
+        return thread_choice(self.threads.pinned)
+
     # ---- the phases ----
 
     def stop_reason(self, signal_name: str | None = None) -> str | None:
@@ -335,11 +405,13 @@ class _Trainer:
         if self.config.items:
             if len(self.val_items) == 0:
                 return None
-            return evaluate_items(self.evaluated_model, self.val_items, dtype=self.dtype)
+            return evaluate_items(
+                self.evaluated_model, self.val_items, dtype=self.dtype, threads=self.eval_threads()
+            )
         if len(self.val_ids) < 2:
             return None
         if not self.processes.is_distributed:
-            return evaluate(self.evaluated_model, self.val_ids, dtype=self.dtype)
+            return evaluate(self.evaluated_model, self.val_ids, dtype=self.dtype, threads=self.eval_threads())
         # Each rank reads one slice of the text (sharing one character with the next, so
         # that every character after the first is still predicted exactly once).
         rank, world = self.processes.rank, self.processes.world_size
@@ -351,6 +423,7 @@ class _Trainer:
                 self.val_ids[lo : hi + 1],
                 streams=max(EVAL_STREAMS // world, 1),
                 dtype=self.dtype,
+                threads=self.eval_threads(),
             )
             total, count = part.loss * part.chars, part.chars
         total, count = self.processes.sum([total, count])
@@ -424,6 +497,9 @@ def _train(trainer: _Trainer, board: Board) -> TrainResult:
     progress = open_progress(
         config.quiet, trainer.total_steps, state.step, trainer.global_batch * config.seq_length
     )
+    # Before the clock: neither the build nor the choice of threads is training time.
+    trainer.build_kernels()
+    trainer.choose_threads(*trainer.batches.get(state.epoch, min(state.batch, per_epoch - 1)))
     window = _SpeedWindow(trainer.global_batch * config.seq_length)
     clock = _Clock(state)
     stopped, val, improved, last_loss = None, None, False, None
@@ -460,7 +536,8 @@ def _train(trainer: _Trainer, board: Board) -> TrainResult:
                 if state.batch == 0:
                     trainer.hidden = None  # every epoch starts its streams from a zero state
                 x, y = trainer.batches.get(state.epoch, state.batch)
-                loss = trainer.step(x, y)
+                with trainer.threads.unit():
+                    loss = trainer.step(x, y)
                 progress.step(loss)
                 if loss is not None:
                     last_loss = loss

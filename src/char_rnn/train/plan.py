@@ -33,7 +33,7 @@ from .fine_tune import open_origin
 log = logging.getLogger("char_rnn")
 
 # Invocation options, not properties of the run: never saved in its config.json.
-NOT_SAVED = ("resume", "quiet", "tensorboard")
+NOT_SAVED = ("resume", "quiet", "tensorboard", "threads")
 
 
 @dataclass(frozen=True)

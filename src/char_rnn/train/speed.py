@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..device import autocast, keep_freed_memory
 from ..model.network import CharRNNModel
+from ..threads import thread_choice
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
@@ -52,6 +53,7 @@ class TrainSpeed:
     dtype: torch.dtype
     fused: bool
     steps: int
+    threads: int  # the count the timed steps ran with (the last one chosen)
 
     @property
     def peak_fraction(self) -> float:
@@ -68,9 +70,14 @@ def measure_training(
     warmup: int = 1,
     fused: bool = True,
     seed: int = 0,
+    threads: int | None = None,
 ) -> TrainSpeed:
     """Time `steps` training steps (forward, cross-entropy, backward, clipping, Adam) on CPU
-    after `warmup` untimed ones, on random characters: the cost does not depend on the text."""
+    after `warmup` untimed ones, on random characters: the cost does not depend on the text.
+
+    Each step runs with the thread count training would use (threads.py): `threads` pins it;
+    otherwise the untimed steps go on until the first choice is made, as it is at the start
+    of a training run, and the timed ones run with it (and with any later choice)."""
     if model_config.vocab_size < 1:
         raise ValueError("model_config.vocab_size must be set")
     keep_freed_memory()  # as train() does
@@ -93,11 +100,19 @@ def measure_training(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
+    choice = thread_choice(threads)
+
+    def timed_step() -> None:
+        with choice.unit():
+            step()
+
     for _ in range(warmup):
-        step()
+        timed_step()
+    while choice.measuring and choice.probes == 0:
+        timed_step()
     started = time.perf_counter()
     for _ in range(steps):
-        step()
+        timed_step()
     seconds = time.perf_counter() - started
     chars_per_s = steps * batch_size * seq_length / seconds
     return TrainSpeed(
@@ -107,4 +122,5 @@ def measure_training(
         dtype=dtype,
         fused=model.fused_cpu,
         steps=steps,
+        threads=choice.chosen,
     )

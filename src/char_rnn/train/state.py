@@ -22,6 +22,11 @@ class TrainingState:
     # The batch layout the state was saved with: a resume with another one moves `batch`.
     global_batch: int | None = None
     batches_per_epoch: int | None = None
+    # Whether a step's numbers came out the same with one thread and with all of them
+    # (checked once per run, threads.py); where they did not, the count chosen at the start
+    # is kept for the whole run, resumes included, so that a resumed run stays exact.
+    threads_invariant: bool | None = None
+    threads: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,21 +45,45 @@ def _ensure_ninja_on_path() -> None:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def wanted() -> bool:
+    """Whether the compiled loops are to be used at all here."""
+    return os.environ.get("CHAR_RNN_NATIVE", "1") != "0" and sys.platform != "win32"
+
+
 @functools.cache
-def kernels() -> ModuleType | None:
-    """The compiled module, or None where it cannot be had."""
-    if os.environ.get("CHAR_RNN_NATIVE", "1") == "0" or sys.platform == "win32":
-        return None
+def _module_name() -> str:
     # The source's path is part of the key: the builder rebuilds whenever the path it compiles
     # changes, so two installs sharing one cache would otherwise rebuild each other's build.
     identity = [" ".join(FLAGS), _cpu_identity(), str(SOURCE.resolve())]
     key = hashlib.sha256(SOURCE.read_bytes() + "\n".join(identity).encode())
+    return f"char_rnn_cells_{key.hexdigest()[:16]}"
+
+
+def needs_build() -> bool:
+    """True where the first call of `kernels()` in this process will compile (about half a
+    minute) rather than load a build from the cache."""
+    if not wanted() or kernels.cache_info().currsize:
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        folder = Path(cpp_extension._get_build_directory(_module_name(), verbose=False))
+    except Exception:  # the builder's layout is its own; unknown means "may build"
+        return True
+    return not any(folder.glob(f"{_module_name()}*.so"))
+
+
+@functools.cache
+def kernels() -> ModuleType | None:
+    """The compiled module, or None where it cannot be had."""
+    if not wanted():
+        return None
     try:
         from torch.utils import cpp_extension
 
         _ensure_ninja_on_path()
         return cpp_extension.load(
-            name=f"char_rnn_cells_{key.hexdigest()[:16]}",
+            name=_module_name(),
             sources=[str(SOURCE)],
             extra_cflags=FLAGS,
             verbose=False,

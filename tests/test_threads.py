@@ -1,0 +1,133 @@
+"""The thread count: pinned where asked, measured and re-measured otherwise (threads.py);
+busy processes beside a measurement (busy.py); the native build outside --max-time."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from conftest import TINY_FLAGS, TINY_MODEL, run_cli, tiny_train_config
+
+from char_rnn.busy import busy_cores, max_busy
+from char_rnn.cli import main
+from char_rnn.errors import UsageError
+from char_rnn.run.checkpoint import parse_trainer
+from char_rnn.threads import THREADS_ENV, ThreadChoice, candidate_counts, thread_choice
+from char_rnn.train.loop import train
+
+two_cores = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two cores"
+)
+
+
+def test_a_count_asked_for_or_in_the_environment_pins_the_choice(monkeypatch):
+    assert thread_choice(3).chosen == 3 and not thread_choice(3).measuring
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert thread_choice().pinned == 2
+    assert thread_choice(1).pinned == 1  # the argument wins over the environment
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(UsageError, match=THREADS_ENV):
+        thread_choice()
+    with pytest.raises(UsageError, match="positive"):
+        thread_choice(0)
+
+
+def test_candidates_reach_every_core_without_trying_every_count():
+    assert candidate_counts(1) == (1,)
+    assert candidate_counts(2) == (1, 2)
+    assert candidate_counts(12) == (1, 2, 4, 8, 12)
+
+
+def test_a_unit_leaves_the_process_thread_count_as_it_found_it():
+    before = torch.get_num_threads()
+    choice = ThreadChoice(candidates=(1, 2), warmup=0)
+    for _ in range(6):
+        with choice.unit() as threads:
+            assert torch.get_num_threads() == threads
+        assert torch.get_num_threads() == before
+
+
+def _small_parallel_work() -> None:
+    """Many short parallel regions, as a small model's step has: each waits for every thread."""
+    x = torch.ones(200_000)
+    for _ in range(40):
+        x.add_(1.0).mul_(0.5)
+
+
+@two_cores
+def test_the_choice_moves_to_one_thread_when_busy_processes_take_a_core():
+    # Two busy processes pinned to core 0: a second thread there gets a third of a core, and
+    # every parallel region waits for it, while one thread runs freely on core 1. Before they
+    # start the choice is whatever this machine's load makes it; after, a probe (started by the
+    # slowdown or the short period) must keep one thread.
+    choice = ThreadChoice(candidates=(1, 2), warmup=1, reprobe_seconds=0.2, min_gap=0.0)
+    while choice.probes < 1:
+        with choice.unit():
+            _small_parallel_work()
+    before = choice.probes
+    with busy_cores(2, core=0):
+        deadline = time.monotonic() + 60
+        while choice.probes < before + 2 and time.monotonic() < deadline:
+            with choice.unit():
+                _small_parallel_work()
+    assert choice.probes >= before + 2, "no probe finished beside the busy processes"
+    assert choice.chosen == 1, f"choices made: {choice.history}"
+
+
+def test_busy_processes_run_in_the_block_and_are_gone_after_it_even_on_an_error():
+    with pytest.raises(RuntimeError), busy_cores(2) as processes:
+        assert len(processes) == 2 and all(p.poll() is None for p in processes)
+        raise RuntimeError("the measurement failed")
+    assert all(p.poll() is not None for p in processes)
+    with pytest.raises(UsageError, match="4 per core"), busy_cores(max_busy() + 1):
+        pass
+
+
+def test_a_run_records_whether_its_numbers_depend_on_the_thread_count(small_corpus, tmp_path):
+    # Checked once, before the clock: a resume reads the answer instead of measuring again,
+    # and where the numbers do depend on the count, the count chosen then is kept.
+    train(TINY_MODEL, tiny_train_config(small_corpus, tmp_path / "run", max_steps=3))
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").iterdir()
+    counters = parse_trainer(checkpoint / "trainer.safetensors").counters
+    if len(candidate_counts()) > 1:
+        assert counters["threads_invariant"] in (True, False)
+        assert (counters["threads"] is None) == counters["threads_invariant"]
+    assert "threads" not in json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+
+
+def test_cli_threads_and_busy_flags(small_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(small_corpus), "--out", str(out), *TINY_FLAGS, "--max-steps", "3",
+                 "--threads", "1", "--quiet"]) == 0  # fmt: skip
+    bench = run_cli("bench", "train", "--cell", "gru", "--layers", "1", "--units", "32",
+                    "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "8", "--steps", "1",
+                    "--precision", "fp32", "--busy", "1")  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    assert "beside 1 busy process" in bench.stdout and "threads" in bench.stdout
+    capsys.readouterr()
+    assert main(["eval", str(out), "--threads", "1", "--window", "0"]) == 0
+    assert "bits/char" in capsys.readouterr().out
+    for bad in (["train", "--data", str(small_corpus), "--out", str(tmp_path / "bad"), "--threads", "0"],
+                ["bench", "generate", "--busy", str(max_busy() + 1)],
+                ["eval", str(out), "--threads", "-1"]):  # fmt: skip
+        assert main(bad) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("char-rnn: error:") and error.count("\n") == 1, error
+
+
+@pytest.mark.slow
+def test_the_first_build_of_the_time_loop_is_not_counted_in_max_time(small_corpus, tmp_path):
+    # A fresh kernel cache: this run compiles the time loop (about half a minute) before its
+    # clock starts, says so on one line, and then still trains within its one second.
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", small_corpus, "--out", out, *TINY_FLAGS, "--max-time", "1",
+                     "--epochs", "1000", env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "kernels"),
+                                              "CHAR_RNN_NATIVE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("building the compiled time loop") == 1
+    assert any((tmp_path / "kernels").rglob("*.so")), "the time loop was not built in the fresh cache"
+    stop = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert stop["kind"] == "stop" and stop["reason"] == "max_time" and stop["step"] >= 10
