@@ -198,15 +198,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                         "protocol transformer baselines report (default 0: none)")  # fmt: skip
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--threads", type=int, help=THREADS_HELP + "; --adapt reads one stream, on one thread")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--adapt", action="store_true",
                    help="read the text in segments, each scored and then learned from (dynamic "
                         "evaluation), beside the static loss; the run's files are untouched")  # fmt: skip
     _add_config_flags(p.add_argument_group("adaptation (with --adapt)"), AdaptConfig)
-    p.add_argument("--threads", type=int,
-                   help="CPU threads (default: one with --adapt, which reads one stream; "
-                        "else one per core)")  # fmt: skip
     p.set_defaults(handler=cmd_eval)
 
 
