@@ -271,16 +271,16 @@ class Scheduler:
             [stream] = self.batch.join([ticket.config])
         except Exception as error:  # this request alone; the batch is untouched
             log.exception("a stream could not start")
-            self._safely(ticket._refuse, Refused(500, f"the generation could not start: {error}"))
             self._finished(None)
+            self._safely(ticket._refuse, Refused(500, f"the generation could not start: {error}"))
             return
         self._admitted(ticket, stream)
 
     def _admitted(self, ticket: Ticket, stream: BatchStream) -> None:
         self._safely(ticket._admit)
         if stream.finished:  # length 0
-            self._safely(ticket._done, stream, time.monotonic())
             self._finished(None)
+            self._safely(ticket._done, stream, time.monotonic())
             return
         self._active[stream] = ticket
 
@@ -295,10 +295,12 @@ class Scheduler:
         except Exception as error:  # the model itself failed: every stream ends, the worker lives
             log.exception("a batch step failed")
             for stream, ticket in list(self._active.items()):
-                self._safely(ticket._error, 500, f"generation failed: {error}", time.monotonic())
                 self._leave(stream)
+                self._safely(ticket._error, 500, f"generation failed: {error}", time.monotonic())
             return
         now = time.monotonic()
+        # A stream's slot is freed before its client hears of the end, so that a client that
+        # asks again at once finds the slot free.
         for stream, text in results:
             ticket = self._active[stream]
             try:
@@ -307,19 +309,19 @@ class Scheduler:
                     continue
                 ticket._text(text, now)
                 if stream.finished:
+                    self._leave(stream)
                     ticket._done(stream, now)
-                    self._leave(stream)
                 elif now > ticket.deadline:
-                    ticket._error(503, self.timeout_message, now)
                     self._leave(stream)
+                    ticket._error(503, self.timeout_message, now)
                 elif drain_deadline is not None and now > drain_deadline:
+                    self._leave(stream)
                     ticket._error(503, f"the server is shutting down; the text was cut at {stream.sent} "
                                   "characters", now)  # fmt: skip
-                    self._leave(stream)
             except Exception:  # e.g. its client's event loop is gone: this stream alone ends
                 log.exception("a stream failed; it was ended, the others go on")
-                self._safely(ticket._error, 500, "this generation failed on the server", now)
                 self._leave(stream)
+                self._safely(ticket._error, 500, "this generation failed on the server", now)
 
     @property
     def timeout_message(self) -> str:
