@@ -75,6 +75,7 @@ def cjk_corpus(path: Path, distinct: int = 3_000) -> str:
     return text
 
 
+@pytest.mark.slow  # about 12-35 s on 2 cores: `pytest -m slow` runs it
 def test_thousands_of_cjk_characters_train_evaluate_and_generate(tmp_path):
     corpus = tmp_path / "cjk.txt"
     text = cjk_corpus(corpus)

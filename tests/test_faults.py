@@ -146,6 +146,7 @@ def _finish(command: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow  # about 12-35 s on 2 cores: `pytest -m slow` runs it
 def test_killed_before_config_json_exists_the_same_command_starts_over(tmp_path, corpus, reference):
     # The folder does not exist yet, or exists with nothing in it (a kill right after it
     # was made), or a kill comes as soon as it appears: each time the same command works.
@@ -160,6 +161,7 @@ def test_killed_before_config_json_exists_the_same_command_starts_over(tmp_path,
     _assert_same_run(out, reference)
 
 
+@pytest.mark.slow  # about 12-35 s on 2 cores: `pytest -m slow` runs it
 def test_killed_after_the_final_checkpoint_the_same_command_changes_nothing(tmp_path, corpus, reference):
     final = max(RunFolder(reference).complete_checkpoints()).name
     out = tmp_path / "killed-at-the-end"
@@ -178,6 +180,7 @@ def test_killed_after_the_final_checkpoint_the_same_command_changes_nothing(tmp_
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow  # about 12-35 s on 2 cores: `pytest -m slow` runs it
 def test_a_time_limited_run_killed_and_resumed_never_raises_its_learning_rate(tmp_path, corpus):
     out = tmp_path / "timed"
     command = [sys.executable, "-m", "char_rnn", "train", "--data", str(corpus), "--out", str(out),
