@@ -36,10 +36,10 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import native
+from .dropout import dropout
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
@@ -394,7 +394,7 @@ def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=
                 out = gru_layer(layer_in, state[layer].to(acc), *params, compute_dtype, loops)
             h_last.append(out[-1])
             if layer < L - 1 and rnn.dropout > 0 and rnn.training:
-                out = F.dropout(out, rnn.dropout, training=True)
+                out = dropout(out, rnn.dropout)
             layer_in = out
     h = torch.stack(h_last)
     return layer_in, ((h, torch.stack(c_last)) if is_lstm else h)

@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from ..config import ModelConfig
 from . import fused_rnn
+from .dropout import Dropout
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -34,7 +35,7 @@ class CharRNNModel(nn.Module):
         # Dropout on every connection that is not recurrent: the embedding's output, between
         # layers (inside the RNN) and the top layer's output. The state carried from batch to
         # batch is never masked; `weight_drop` masks the recurrent weights instead.
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA.
         self.rnn = _RNN_CLASSES[config.cell](
             config.embedding_dim,

@@ -1,0 +1,47 @@
+"""Dropout whose masks cost a third of PyTorch's on CPU.
+
+On CPU, `F.dropout` draws one 32-bit random number per element (bernoulli_), and for the
+defaults' model its three masks took as long per step as all of the gate arithmetic. Here each
+64-bit random word serves four elements, as four 16-bit uniform numbers: an element is kept
+when its number is at least round(p * 65536), so p is applied to within 1/65536 and the kept
+values are scaled by the exact inverse of the keep rate that results (measured for a
+100 x 64 x 512 tensor: 9 ms against 25 ms forward, 11 ms against 28 ms with the backward).
+Elsewhere (CUDA) PyTorch's fused kernel is left in charge. The masks come from the default
+generator, as PyTorch's do, so a seed and a checkpointed RNG state reproduce them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LEVELS = 1 << 16  # the 16-bit uniform numbers a mask is drawn from
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout(x, p, training)`, with the masks drawn four to a random word on CPU."""
+    dropped = round(p * _LEVELS)
+    if not training or dropped == 0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    if dropped == _LEVELS:
+        return x * 0.0
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    uniform = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767]
+    keep = uniform >= dropped - _LEVELS // 2
+    return x * keep.to(x.dtype).mul_(_LEVELS / (_LEVELS - dropped))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout's interface over `dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
