@@ -22,10 +22,8 @@ _LEVELS = 1 << 16  # the 16-bit uniform numbers a mask is drawn from
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout(x, p, training)`, with the masks drawn four to a random word on CPU."""
     dropped = round(p * _LEVELS)
-    if not training or dropped == 0 or x.device.type != "cpu":
+    if not training or dropped in (0, _LEVELS) or x.device.type != "cpu":
         return F.dropout(x, p, training)
-    if dropped == _LEVELS:
-        return x * 0.0
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
     uniform = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767]
