@@ -25,7 +25,7 @@ import torch
 from char_rnn import AdaptConfig, CharRNN
 from char_rnn.evaluate import evaluate
 
-LRS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+LRS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005)
 DECAYS = (0.0, 0.003, 0.01, 0.03, 0.1)
 SEGMENTS = (25, 50, 100)
 

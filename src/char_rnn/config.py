@@ -313,11 +313,11 @@ class SampleConfig:
 class AdaptConfig:
     """How a model learns from the text it reads (adapt.py: dynamic evaluation)."""
 
-    # Unmeasured starting points in the range Krause et al. (2018) used for character
-    # models; bench/adapt.py --tune chooses them on held-out text (README, Adaptation).
+    # Chosen by bench/adapt.py --tune on the first 20,000 validation characters, the same
+    # for the defaults' model on two CPUs (README, Adaptation); 0.002 made that model worse.
     adapt_segment: int = option(50, "characters scored between two updates when adapting")
     adapt_lr: float = option(
-        0.002, "size of each update, in units of the training gradients' root mean square"
+        0.0005, "size of each update, in units of the training gradients' root mean square"
     )
     adapt_decay: float = option(0.01, "pull back toward the trained weights at each update (0: none)")
     adapt_stats_chars: int = option(
