@@ -41,6 +41,7 @@ from ..model.network import CharRNNModel, State, detach_state, state_from_tensor
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
 from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
 from ..threads import ThreadChoice, candidate_counts, pinned_threads, thread_choice, using_threads
+from . import recurrent_path
 from .average import WeightAverage
 from .board import Board, open_board
 from .distributed import Processes, process_group
@@ -264,6 +265,41 @@ class _Trainer:
             log.info("building the compiled time loop for this CPU (once per machine, about half "
                      "a minute; not counted in --max-time)")  # fmt: skip
         native.kernels()
+
+    def choose_recurrent_path(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The fused kernels or PyTorch's layers for this run's recurrent layers on CPU
+        (recurrent_path.py): measured on the first run of this shape on this machine, then
+        cached; kept for the run's whole life. A run saved before the choice existed keeps the
+        fused kernels it trained with, and distributed ranks keep them too (one path for all)."""
+        state = self.state
+        if not self.model.fused_cpu or self.device.type != "cpu" or self.processes.is_distributed:
+            return
+        if state.recurrent_path not in recurrent_path.PATHS:
+            fresh = state.step == 0
+            state.recurrent_path = self._measured_path(x, y) if fresh else recurrent_path.FUSED
+        self.model.fused_cpu = state.recurrent_path == recurrent_path.FUSED
+
+    def _measured_path(self, x: torch.Tensor, y: torch.Tensor) -> str:
+        c, config = self.model_config, self.config
+        threads = pinned_threads(config.threads) or torch.get_num_threads()
+        shape = {"cell": c.cell, "vocab": c.vocab_size, "embedding": c.embedding_dim, "units": c.units,
+                 "layers": c.layers, "dropout": c.dropout > 0, "weight_drop": c.weight_drop > 0,
+                 "batch": tuple(x.shape), "dtype": str(self.dtype), "threads": threads}  # fmt: skip
+        cached = recurrent_path.cached_path(shape)
+        if cached is not None:
+            return cached
+
+        def time_step(path: str) -> float:
+            self.model.fused_cpu = path == recurrent_path.FUSED
+            return self._trial_step(x, y, threads)[1]
+
+        chosen, seconds = recurrent_path.measure(time_step)
+        recurrent_path.remember(shape, chosen, seconds)
+        log.info("recurrent layers: %s (a step took %.3f s with the fused kernels, %.3f s with "
+                 "PyTorch's; measured once for this shape on this machine)",
+                 "the fused kernels" if chosen == recurrent_path.FUSED else "PyTorch's",
+                 seconds[recurrent_path.FUSED], seconds[recurrent_path.PYTORCH])  # fmt: skip
+        return chosen
 
     def choose_threads(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """How many threads each step uses (threads.py): pinned when asked for; else timed,
@@ -497,9 +533,11 @@ def _train(trainer: _Trainer, board: Board) -> TrainResult:
     progress = open_progress(
         config.quiet, trainer.total_steps, state.step, trainer.global_batch * config.seq_length
     )
-    # Before the clock: neither the build nor the choice of threads is training time.
+    # Before the clock: neither the build nor the choices of path and threads are training time.
     trainer.build_kernels()
-    trainer.choose_threads(*trainer.batches.get(state.epoch, min(state.batch, per_epoch - 1)))
+    first_batch = trainer.batches.get(state.epoch, min(state.batch, per_epoch - 1))
+    trainer.choose_recurrent_path(*first_batch)
+    trainer.choose_threads(*first_batch)
     window = _SpeedWindow(trainer.global_batch * config.seq_length)
     clock = _Clock(state)
     stopped, val, improved, last_loss = None, None, False, None

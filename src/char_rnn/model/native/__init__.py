@@ -28,7 +28,7 @@ SOURCE = Path(__file__).with_name("cells.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math"]
 
 
-def _cpu_identity() -> str:
+def cpu_identity() -> str:
     """What the build depends on besides its source: -march=native code runs only on CPUs
     with the same features, so a cache shared between machines keeps one build per kind."""
     try:
@@ -57,7 +57,7 @@ def wanted() -> bool:
 def _module_name() -> str:
     # The source's path is part of the key: the builder rebuilds whenever the path it compiles
     # changes, so two installs sharing one cache would otherwise rebuild each other's build.
-    identity = [" ".join(FLAGS), _cpu_identity(), str(SOURCE.resolve())]
+    identity = [" ".join(FLAGS), cpu_identity(), str(SOURCE.resolve())]
     key = hashlib.sha256(SOURCE.read_bytes() + "\n".join(identity).encode())
     return f"char_rnn_cells_{key.hexdigest()[:16]}"
 
