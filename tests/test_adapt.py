@@ -168,7 +168,9 @@ def file_hashes(folder: Path) -> dict[str, str]:
 def test_adaptation_lowers_the_loss_of_a_text_that_repeats_itself(trained):
     run, folder = trained
     text = (folder / "passage.txt").read_text(encoding="utf-8")
-    result = CharRNN.load(run).evaluate(text, adapt=SMALL)
+    # A tiny model on a tiny text: the step size the defaults' model was tuned to is too
+    # small to show here in a few segments, so this reads with the earlier, larger one.
+    result = CharRNN.load(run).evaluate(text, adapt=AdaptConfig(adapt_stats_chars=1_000, adapt_lr=0.002))
     assert result.loss < result.static.loss
     half = len(result.segment_nats) // 2
     first, second = sum(result.segment_nats[:half]), sum(result.segment_nats[half:])
