@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ..data.encoded import cache_folder
 from ..model.native import cpu_identity
+from ..run.storage import write_json
 
 FUSED, PYTORCH = "fused", "pytorch"
 PATHS = (FUSED, PYTORCH)
@@ -54,15 +54,13 @@ def cached_path(shape: dict) -> str | None:
 
 
 def remember(shape: dict, path: str, seconds: dict[str, float]) -> None:
-    """Add this shape's choice to the cache (written whole, then renamed into place)."""
+    """Add this shape's choice to the cache; a cache that cannot be written is skipped."""
     target = cache_path()
     cached = _read_cache(target)
     cached[shape_key(shape)] = {"path": path, "step_seconds": seconds}
     with contextlib.suppress(OSError):
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(cached, indent=1))
-        partial.replace(target)
+        write_json(target, cached)
 
 
 def measure(time_step: Callable[[str], float], rounds: int = 3) -> tuple[str, dict[str, float]]:
