@@ -260,16 +260,18 @@ def evaluate_corpus(
     items: str | None = None,
     seed: int = 0,
     adaptation: Adaptation | None = None,
+    dtype: torch.dtype = torch.float32,
     threads: ThreadChoice | None = None,
 ) -> CorpusEval:
     """The loss on `corpus.part(split, val_fraction)`, the same split training makes; also
     over independent windows of `window` characters unless it is 0. With `items` (a kind of
     items), the loss over the split's items, each whole, split as training with `seed` did.
-    With `adaptation`, the carried loss is read adapting, with the static one beside it."""
+    With `adaptation`, the carried loss is read adapting, with the static one beside it.
+    The static figures run under autocast to `dtype`; adaptation always learns in fp32."""
     if window < 0:
         raise UsageError(f"window must be a positive number of characters (0: none), got {window}")
     if items:
-        return _evaluate_item_corpus(model, corpus, split, val_fraction, items, seed, threads)
+        return _evaluate_item_corpus(model, corpus, split, val_fraction, items, seed, dtype, threads)
     ids = corpus.part(split, val_fraction)
     what = f"{split} text of {corpus.source}"
     if len(ids) < 2:
@@ -279,13 +281,13 @@ def evaluate_corpus(
         adapted = adaptation.evaluate(model, ids)
         carried, static = adapted.adapted, adapted.static
     else:
-        carried = evaluate(model, ids, streams=streams, threads=threads)
+        carried = evaluate(model, ids, streams=streams, dtype=dtype, threads=threads)
     windows = None
     if window:
         if len(ids) <= window:
             raise CharRNNError(f"{what} is shorter than one window of {window + 1} characters")
         windows = evaluate_windows(
-            model, ids, window=window, threads=thread_choice(threads and threads.pinned)
+            model, ids, window=window, dtype=dtype, threads=thread_choice(threads and threads.pinned)
         )
     return CorpusEval(corpus.source, split, carried, window, windows, static=static)
 
@@ -297,6 +299,7 @@ def _evaluate_item_corpus(
     val_fraction: float,
     kind: str,
     seed: int,
+    dtype: torch.dtype,
     threads: ThreadChoice | None,
 ) -> CorpusEval:
     corpus.part(split, val_fraction)  # checks the split's name
@@ -305,7 +308,8 @@ def _evaluate_item_corpus(
     part = {"all": found, "train": train, "val": val}[split]
     if len(part) == 0:
         raise CharRNNError(f"the {split} part of {corpus.source} holds no item")
-    return CorpusEval(corpus.source, split, evaluate_items(model, part, threads=threads), items=len(part))
+    result = evaluate_items(model, part, dtype=dtype, threads=threads)
+    return CorpusEval(corpus.source, split, result, items=len(part))
 
 
 @torch.no_grad()
