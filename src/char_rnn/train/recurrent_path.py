@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..data.encoded import cache_folder
-from ..model.native import cpu_identity
+from ..model import native
 from ..run.storage import write_json
 
 FUSED, PYTORCH = "fused", "pytorch"
@@ -35,8 +35,10 @@ def cache_path() -> Path:
 
 
 def shape_key(shape: dict) -> str:
-    """The cache key: the step's shape on this CPU with this PyTorch."""
-    return json.dumps({"cpu": cpu_identity(), "torch": torch.__version__, **shape}, sort_keys=True)
+    """The cache key: the step's shape on this CPU with this PyTorch and this build of the
+    fused kernels (a faster build may change the answer)."""
+    identity = {"cpu": native.cpu_identity(), "torch": torch.__version__, "kernels": native.build_name()}
+    return json.dumps({**identity, **shape}, sort_keys=True)
 
 
 def _read_cache(path: Path) -> dict:

@@ -1,17 +1,23 @@
 // The time loops of the fused CPU GRU and LSTM (see fused_rnn.py for the math and the plan).
 //
-// Per time step only two things run: the recurrent GEMM, through ATen (oneDNN/MKL, every
-// thread), and one pass over the (B, H) gate arithmetic, here, in a single loop that the
-// compiler vectorizes. The pass reads the GEMM outputs in their own dtype (bf16 under
-// autocast), computes in fp32, and writes the activations, the carried state and the
-// GEMM dtype's copy of the state at once; the backward pass also sums the bias gradients.
-// PyTorch would spend five to ten operations, each with its own memory sweep, on the same.
+// Per time step only two things run: the recurrent GEMM (RecurrentGemm: oneDNN on weights
+// reordered once per call, every thread) and one pass over the (B, H) gate arithmetic, here,
+// in a single loop that the compiler vectorizes, its rows split among the threads. The pass
+// reads the GEMM outputs in their own dtype (bf16 under autocast), computes in fp32, and
+// writes the activations, the carried state and the GEMM dtype's copy of the state at once;
+// the backward pass also sums the bias gradients. PyTorch would spend five to ten
+// operations, each with its own memory sweep, on the same.
 
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -70,6 +76,93 @@ T* ptr(const at::Tensor& t) {
   }
 }
 
+// Rows of the batch split among the intra-op threads. A forward step's rows are independent,
+// so any split computes the same numbers; the parallel region is skipped on one thread.
+template <typename F>
+void for_rows(int64_t B, const F& f) {
+  if (at::get_num_threads() == 1) {
+    f(0, B);
+  } else {
+    at::parallel_for(0, B, 8, f);
+  }
+}
+
+// The backward steps also sum the bias gradients over the rows. To keep those sums the same
+// whatever the thread count (a resumed run must repeat an uninterrupted one bit for bit), the
+// rows fall into a fixed number of blocks, each summing into its own partial, and the
+// partials are added in block order at the end.
+constexpr int64_t kRowBlocks = 4;
+
+inline int64_t block_start(int64_t block, int64_t B) { return block * B / kRowBlocks; }
+
+template <typename F>
+void for_row_blocks(int64_t B, const F& f) {
+  auto run = [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) f(k, block_start(k, B), block_start(k + 1, B));
+  };
+  if (at::get_num_threads() == 1) {
+    run(0, kRowBlocks);
+  } else {
+    at::parallel_for(0, kRowBlocks, 1, run);
+  }
+}
+
+// The partial sums of `for_row_blocks`, added in block order.
+at::Tensor sum_blocks(const at::Tensor& partials) {
+  auto total = partials[0].clone();
+  for (int64_t k = 1; k < kRowBlocks; ++k) total += partials[k];
+  return total;
+}
+
+// The recurrent GEMM of a time loop, x @ W^T with the same W at every step. Where PyTorch has
+// oneDNN, W is reordered once into the layout its kernels read (for AMX, tiles of bf16 pairs),
+// and each step runs on it: measured 1.3 to 1.8 times the speed of at::mm for the shapes of
+// this package's models (64 x 1024 @ 1024 x 3072 and the like), where at::mm reorders W at
+// every call. Elsewhere, or where oneDNN refuses the dtype, each step is at::mm.
+class RecurrentGemm {
+ public:
+  // w: (N, K), any strides (oneDNN reorders from them in one pass); batch: the rows of each
+  // step's x. at::mm reads W^T fastest from W stored row by row.
+  RecurrentGemm(const at::Tensor& w, int64_t batch) {
+    static const auto reorder = find("mkldnn::_reorder_linear_weight");
+    static const auto linear = find("mkldnn::_linear_pointwise");
+    if (!reorder || !linear) {
+      plain_t_ = w.contiguous().t();
+      return;
+    }
+    try {
+      std::vector<c10::IValue> stack{w, c10::IValue(batch)};
+      reorder->callBoxed(&stack);
+      packed_ = stack[0].toTensor();
+      linear_ = linear;
+    } catch (const std::exception&) {  // this CPU or dtype: at::mm it is
+      packed_.reset();
+      plain_t_ = w.contiguous().t();
+    }
+  }
+
+  // (B, K) -> (B, N): into `out` with at::mm, or a new tensor from oneDNN.
+  at::Tensor operator()(const at::Tensor& x, at::Tensor& out) const {
+    if (!packed_) return at::mm_out(out, x, plain_t_);
+    std::vector<c10::IValue> stack{x, *packed_, c10::IValue(), c10::IValue(std::string("none")),
+                                   c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+    linear_->callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+
+ private:
+  static std::optional<c10::OperatorHandle> find(const char* name) {
+    if (std::getenv("CHAR_RNN_PACKED_GEMM") && std::string(std::getenv("CHAR_RNN_PACKED_GEMM")) == "0") {
+      return std::nullopt;
+    }
+    return c10::Dispatcher::singleton().findSchema({name, ""});
+  }
+
+  at::Tensor plain_t_;
+  std::optional<at::Tensor> packed_;
+  std::optional<c10::OperatorHandle> linear_;
+};
+
 // The carried states of a forward pass, hs[t] being the state before step t: in fp32, and in
 // the GEMM dtype for the next step's GEMM (the same tensor when that is fp32 too).
 struct States {
@@ -92,8 +185,8 @@ States start_states(const at::Tensor& h0, int64_t T, const at::Tensor& w_hh_t) {
 template <typename G>
 void gru_step(const G* gi, const G* gh, const float* b_rz, const float* b_in, const float* b_hn,
               const float* h, float* rz, float* ghn, float* n, float* h_next, G* h_next_c,
-              int64_t B, int64_t H) noexcept {
-  for (int64_t b = 0; b < B; ++b) {
+              int64_t b0, int64_t b1, int64_t H) noexcept {
+  for (int64_t b = b0; b < b1; ++b) {
     const G* gi_b = gi + b * 3 * H;
     const G* gh_b = gh + b * 3 * H;
     float* rz_b = rz + b * 2 * H;
@@ -124,15 +217,22 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& gi, const at::Tensor&
   auto rz = at::empty({T, B, 2 * H}, f32);
   auto ghn = at::empty({T, B, H}, f32);
   auto n = at::empty({T, B, H}, f32);
-  auto gh = at::empty({B, 3 * H}, w_hh_t.options());
+  auto gh_out = at::empty({B, 3 * H}, w_hh_t.options());
+  const RecurrentGemm recurrent(w_hh_t.t(), B);
   auto b_rz = (b_ih.slice(0, 0, 2 * H) + b_hh.slice(0, 0, 2 * H)).contiguous();
   auto b_in = b_ih.slice(0, 2 * H).contiguous();
   auto b_hn = b_hh.slice(0, 2 * H).contiguous();
   for (int64_t t = 0; t < T; ++t) {
-    at::mm_out(gh, hs_c[t], w_hh_t);
-    gru_step<G>(ptr<G>(gi[t]), ptr<G>(gh), ptr<float>(b_rz), ptr<float>(b_in), ptr<float>(b_hn),
-                ptr<float>(hs[t]), ptr<float>(rz[t]), ptr<float>(ghn[t]), ptr<float>(n[t]),
-                ptr<float>(hs[t + 1]), ptr<G>(hs_c[t + 1]), B, H);
+    const auto gh = recurrent(hs_c[t], gh_out);
+    const G* gi_t = ptr<G>(gi[t]);
+    const G* gh_p = ptr<G>(gh);
+    float *h = ptr<float>(hs[t]), *rz_t = ptr<float>(rz[t]), *ghn_t = ptr<float>(ghn[t]);
+    float *n_t = ptr<float>(n[t]), *h_next = ptr<float>(hs[t + 1]);
+    G* h_next_c = ptr<G>(hs_c[t + 1]);
+    for_rows(B, [&](int64_t b0, int64_t b1) {
+      gru_step<G>(gi_t, gh_p, ptr<float>(b_rz), ptr<float>(b_in), ptr<float>(b_hn), h, rz_t, ghn_t, n_t, h_next,
+                  h_next_c, b0, b1, H);
+    });
   }
   return {hs, hs_c, rz, ghn, n};
 }
@@ -141,8 +241,8 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& gi, const at::Tensor&
 template <typename G>
 void gru_step_back(const float* d_out, float* dh_carry, const G* dh_mm, bool has_mm, const float* h,
                    const float* rz, const float* ghn, const float* n, G* dg, G* dgi_n, float* db_hh,
-                   float* db_in, int64_t B, int64_t H) noexcept {
-  for (int64_t b = 0; b < B; ++b) {
+                   float* db_in, int64_t b0, int64_t b1, int64_t H) noexcept {
+  for (int64_t b = b0; b < b1; ++b) {
     const float* rz_b = rz + b * 2 * H;
     G* dg_b = dg + b * 3 * H;
     const int64_t o = b * H;
@@ -175,17 +275,23 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& d_out, const at::Ten
   auto dg = at::empty({T, B, 3 * H}, w_hh.options());
   auto dgi_n = at::empty({T, B, H}, w_hh.options());
   auto dh_carry = at::zeros({B, H}, f32);
-  auto dh_mm = at::empty({B, H}, w_hh.options());
-  auto db_hh = at::zeros({3 * H}, f32);
-  auto db_in = at::zeros({H}, f32);
+  auto dh_out = at::empty({B, H}, w_hh.options());
+  auto dh_mm = dh_out;
+  const RecurrentGemm recurrent(w_hh.t(), B);
+  auto db_hh = at::zeros({kRowBlocks, 3 * H}, f32);  // partial sums, one row per block
+  auto db_in = at::zeros({kRowBlocks, H}, f32);
   for (int64_t t = T - 1; t >= 0; --t) {
-    gru_step_back<G>(ptr<float>(d_out[t]), ptr<float>(dh_carry), ptr<G>(dh_mm), t < T - 1, ptr<float>(hs[t]),
-                     ptr<float>(rz[t]), ptr<float>(ghn[t]), ptr<float>(n[t]), ptr<G>(dg[t]), ptr<G>(dgi_n[t]),
-                     ptr<float>(db_hh), ptr<float>(db_in), B, H);
-    at::mm_out(dh_mm, dg[t], w_hh);
+    const float *d_out_t = ptr<float>(d_out[t]), *h = ptr<float>(hs[t]);
+    const float *rz_t = ptr<float>(rz[t]), *ghn_t = ptr<float>(ghn[t]), *n_t = ptr<float>(n[t]);
+    G *dg_t = ptr<G>(dg[t]), *dgi_n_t = ptr<G>(dgi_n[t]);
+    for_row_blocks(B, [&](int64_t k, int64_t b0, int64_t b1) {
+      gru_step_back<G>(d_out_t, ptr<float>(dh_carry), ptr<G>(dh_mm), t < T - 1, h, rz_t, ghn_t, n_t, dg_t, dgi_n_t,
+                       ptr<float>(db_hh) + k * 3 * H, ptr<float>(db_in) + k * H, b0, b1, H);
+    });
+    dh_mm = recurrent(dg[t], dh_out);
   }
   auto dh0 = dh_carry + dh_mm.to(at::kFloat);
-  return {dg, dgi_n, dh0, db_hh, db_in};
+  return {dg, dgi_n, dh0, sum_blocks(db_hh), sum_blocks(db_in)};
 }
 
 // ---- LSTM --------------------------------------------------------------------------------
@@ -194,8 +300,8 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& d_out, const at::Ten
 // i, f, g, o. Writes the activated gates to act (B, 4H).
 template <typename G>
 void lstm_step(const G* pre, const G* gh, const float* bias, const float* c, float* act, float* c_next,
-               float* tanh_c, float* h_next, G* h_next_c, int64_t B, int64_t H) noexcept {
-  for (int64_t b = 0; b < B; ++b) {
+               float* tanh_c, float* h_next, G* h_next_c, int64_t b0, int64_t b1, int64_t H) noexcept {
+  for (int64_t b = b0; b < b1; ++b) {
     const G* p = pre + b * 4 * H;
     const G* q = gh + b * 4 * H;
     float* a = act + b * 4 * H;
@@ -230,13 +336,18 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& pre, const at::Tenso
   auto cs = at::empty({T + 1, B, H}, f32);
   auto act = at::empty({T, B, 4 * H}, f32);
   auto tanh_c = at::empty({T, B, H}, f32);
-  auto gh = at::empty({B, 4 * H}, w_hh_t.options());
+  auto gh_out = at::empty({B, 4 * H}, w_hh_t.options());
+  const RecurrentGemm recurrent(w_hh_t.t(), B);
   cs[0].copy_(c0);
   for (int64_t t = 0; t < T; ++t) {
-    at::mm_out(gh, hs_c[t], w_hh_t);
-    lstm_step<G>(ptr<G>(pre[t]), ptr<G>(gh), ptr<float>(bias), ptr<float>(cs[t]), ptr<float>(act[t]),
-                 ptr<float>(cs[t + 1]), ptr<float>(tanh_c[t]), ptr<float>(hs[t + 1]),
-                 ptr<G>(hs_c[t + 1]), B, H);
+    const auto gh = recurrent(hs_c[t], gh_out);
+    const G *pre_t = ptr<G>(pre[t]), *gh_p = ptr<G>(gh);
+    float *c = ptr<float>(cs[t]), *act_t = ptr<float>(act[t]), *c_next = ptr<float>(cs[t + 1]);
+    float *tanh_c_t = ptr<float>(tanh_c[t]), *h_next = ptr<float>(hs[t + 1]);
+    G* h_next_c = ptr<G>(hs_c[t + 1]);
+    for_rows(B, [&](int64_t b0, int64_t b1) {
+      lstm_step<G>(pre_t, gh_p, ptr<float>(bias), c, act_t, c_next, tanh_c_t, h_next, h_next_c, b0, b1, H);
+    });
   }
   return {hs, hs_c, cs, act, tanh_c};
 }
@@ -244,8 +355,8 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& pre, const at::Tenso
 template <typename G>
 void lstm_step_back(const float* d_out, const G* dh_mm, bool has_mm, float* dc,
                     const float* c_prev, const float* act, const float* tanh_c, G* dg, float* db,
-                    int64_t B, int64_t H) noexcept {
-  for (int64_t b = 0; b < B; ++b) {
+                    int64_t b0, int64_t b1, int64_t H) noexcept {
+  for (int64_t b = b0; b < b1; ++b) {
     const float* a = act + b * 4 * H;
     G* d = dg + b * 4 * H;
     const int64_t o = b * H;
@@ -278,15 +389,22 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& d_out, const at::Te
   const int64_t T = tanh_c.size(0), B = tanh_c.size(1), H = tanh_c.size(2);
   auto f32 = tanh_c.options();
   auto dg = at::empty({T, B, 4 * H}, w_hh.options());
-  auto dh_mm = at::empty({B, H}, w_hh.options());
+  auto dh_out = at::empty({B, H}, w_hh.options());
+  auto dh_mm = dh_out;
+  const RecurrentGemm recurrent(w_hh.t(), B);
   auto dc = d_c_last.to(at::kFloat).clone().contiguous();
-  auto db = at::zeros({4 * H}, f32);
+  auto db = at::zeros({kRowBlocks, 4 * H}, f32);  // partial sums, one row per block
   for (int64_t t = T - 1; t >= 0; --t) {
-    lstm_step_back<G>(ptr<float>(d_out[t]), ptr<G>(dh_mm), t < T - 1, ptr<float>(dc), ptr<float>(cs[t]),
-                      ptr<float>(act[t]), ptr<float>(tanh_c[t]), ptr<G>(dg[t]), ptr<float>(db), B, H);
-    at::mm_out(dh_mm, dg[t], w_hh);
+    const float *d_out_t = ptr<float>(d_out[t]), *c_prev = ptr<float>(cs[t]);
+    const float *act_t = ptr<float>(act[t]), *tanh_c_t = ptr<float>(tanh_c[t]);
+    G* dg_t = ptr<G>(dg[t]);
+    for_row_blocks(B, [&](int64_t k, int64_t b0, int64_t b1) {
+      lstm_step_back<G>(d_out_t, ptr<G>(dh_mm), t < T - 1, ptr<float>(dc), c_prev, act_t, tanh_c_t, dg_t,
+                        ptr<float>(db) + k * 4 * H, b0, b1, H);
+    });
+    dh_mm = recurrent(dg[t], dh_out);
   }
-  return {dg, dh_mm.to(at::kFloat), dc, db};
+  return {dg, dh_mm.to(at::kFloat), dc, sum_blocks(db)};
 }
 
 // The state tensors must be contiguous fp32 on the CPU; the GEMM input (the forward pass's
