@@ -48,7 +48,7 @@ from .distributed import Processes, process_group
 from .fine_tune import origin_record, start_from
 from .plan import Plan, check_same_text, fit_to_text, plan_for, run_config, training_corpus
 from .progress import open_progress
-from .schedule import learning_rate
+from .schedule import adam, learning_rate
 from .state import TrainingState
 
 log = logging.getLogger("char_rnn")
@@ -133,9 +133,7 @@ class _Trainer:
         if plan.origin is not None:
             start_from(self.model, config.init_from, plan.origin, self.corpus.vocab)
             self.records["init_from"] = origin_record(config.init_from, plan.origin, self.corpus.vocab)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        self.optimizer = adam(self.model.parameters(), self.device, config.lr, config.weight_decay)
         self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.state = TrainingState()
         self.hidden: State | None = None

@@ -18,6 +18,7 @@ from ..config import ModelConfig
 from ..device import autocast, keep_freed_memory
 from ..model.network import CharRNNModel
 from ..threads import thread_choice
+from .schedule import adam
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
@@ -86,7 +87,7 @@ def measure_training(
     device = torch.device("cpu")
     model = CharRNNModel(model_config)
     model.fused_cpu = fused and model.fused_cpu
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = adam(model.parameters(), device, lr=1e-3)
     shape = (batch_size, seq_length)
     x = torch.randint(0, model_config.vocab_size, shape, generator=generator)
     y = torch.randint(0, model_config.vocab_size, shape, generator=generator)
