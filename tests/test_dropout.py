@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from char_rnn.model.dropout import Dropout, dropout
+from char_rnn.model.dropout import dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
@@ -45,8 +45,6 @@ def test_identity_when_not_training_or_p_zero_and_zero_at_p_one():
     assert torch.equal(dropout(x, 0.5, training=False), x)
     assert torch.equal(dropout(x, 0.0), x)
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
-    module = Dropout(0.5).eval()
-    assert torch.equal(module(x), x)
 
 
 def test_agrees_with_pytorch_dropout_in_distribution():
@@ -55,3 +53,14 @@ def test_agrees_with_pytorch_dropout_in_distribution():
     ours, theirs = dropout(x, 0.2), F.dropout(x, 0.2)
     assert abs((ours != 0).float().mean() - (theirs != 0).float().mean()) < 0.005
     assert abs(ours.std() - theirs.std()) < 0.01
+
+
+@pytest.mark.parametrize("shared_dim", [0, 1])
+def test_a_shared_mask_is_the_same_along_its_dimension_and_fresh_across_the_others(shared_dim):
+    torch.manual_seed(0)
+    y = dropout(torch.ones(50, 64, 300), 0.3, shared_dim=shared_dim)
+    kept = y != 0
+    first = kept.select(shared_dim, 0).unsqueeze(shared_dim)
+    assert torch.equal(kept, first.expand_as(kept))  # every time step alike
+    assert abs(first.float().mean().item() - 0.7) < 0.01  # p still applies across the rest
+    assert abs(y.mean().item() - 1.0) < 0.02

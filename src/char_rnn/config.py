@@ -80,6 +80,11 @@ class ModelConfig:
     # DropConnect on the recurrent weights: each training batch zeroes this fraction of
     # the hidden-to-hidden weights (one mask for all its time steps and sequences).
     weight_drop: float = option(0.0, "fraction of the recurrent weights dropped in each training batch")
+    # Variational dropout (Gal & Ghahramani, 2016): each sequence of a batch keeps one mask on
+    # the embedding, between the layers and on the output for all its time steps.
+    variational_dropout: bool = option(
+        False, "one dropout mask per sequence for all its time steps, not a new one per character", shown=" "
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -90,6 +95,10 @@ class ModelConfig:
         _positive_int("units", self.units)
         _positive_int("layers", self.layers)
         _require(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _require(
+            isinstance(self.variational_dropout, bool),
+            f"variational_dropout must be True or False, got {self.variational_dropout!r}",
+        )
         for name in ("dropout", "weight_drop"):
             value = getattr(self, name)
             _finite(name, value)

@@ -4,7 +4,8 @@ One decision for training, evaluation and generation (`thread_choice`): a count 
 gives (`--threads N`, `threads=N`) or CHAR_RNN_THREADS pins it; otherwise a `ThreadChoice`
 times the work itself. The work comes in units of equal size (a training step, a chunk of
 generated characters, a chunk of evaluated text); each runs inside `choice.unit()`. The first
-units after a warm-up try each candidate count in turn, interleaved, and the fastest is kept.
+units after a warm-up try each candidate count in turn, interleaved, and the fastest on
+average is kept.
 The candidates are tried again when the kept count's unit time grows by more than `drift`
 (another program started) and every `reprobe_seconds` (one may have stopped), both less
 often while the choice holds, so that an idle machine pays a few units in a few minutes.
@@ -113,6 +114,8 @@ class ThreadChoice:
         max_reprobe_seconds: float = 480.0,
         min_gap: float = 2.0,
         first_share: float = 1 / 32,
+        later_share: float = 1 / 4,
+        min_piece: float = 0.002,
     ):
         check_threads(pinned)
         self.pinned = pinned
@@ -121,7 +124,7 @@ class ThreadChoice:
         self.base_interval, self.max_interval = reprobe_seconds, max_reprobe_seconds
         self.interval = reprobe_seconds
         self.base_gap = self.gap = min_gap
-        self.first_share = first_share
+        self.first_share, self.later_share, self.min_piece = first_share, later_share, min_piece
         self._warmup = warmup
         self.chosen = pinned or self.candidates[0]
         self.history: list[int] = []
@@ -150,13 +153,24 @@ class ThreadChoice:
 
     def share(self) -> float:
         """How much of a unit to run next, for work that can be cut (generation's chunks): a
-        small piece where a count is tried for the first time in a probe, so that a count
-        that is many times slower costs little to find out."""
+        small piece where a count other than the kept one is tried for the first time in a
+        probe, so that a count that is many times slower costs little to find out, and a
+        quarter of a unit for its later trials, long enough to meet the scheduler's slices."""
         if self._queue and not self._warmup:
             threads = self._queue[0]
-            if threads != self.chosen and not self._times[threads]:
-                return self.first_share
+            if threads != self.chosen:
+                share = self.later_share if self._times[threads] else self.first_share
+                return self._at_least_min_piece(share)
         return 1.0
+
+    def _at_least_min_piece(self, share: float) -> float:
+        """`share`, or more where that piece of a unit would take under `min_piece` seconds
+        at the kept count's pace: a piece that short measures waking the threads up more
+        than the work (one stream's units take a few milliseconds)."""
+        known = self._times.get(self.chosen) or ([self._reference] if self._reference else [])
+        if not known:
+            return share
+        return min(1.0, max(share, self.min_piece / max(min(known), 1e-9)))
 
     @contextlib.contextmanager
     def unit(self, size: float = 1.0) -> Iterator[int]:
@@ -195,7 +209,10 @@ class ThreadChoice:
             self._start_probe(periodic=False)
 
     def _finish_probe(self) -> None:
-        best = {n: min(times) for n, times in self._times.items() if times}
+        # By the mean of each count's trials, not the best: beside a busy core, a short trial
+        # of two threads can fall inside one scheduler slice and look as fast as on an idle
+        # machine, while the units after it run several times slower.
+        best = {n: statistics.fmean(times) for n, times in self._times.items() if times}
         previous = self.chosen if self.probes else None
         self.chosen = min(best, key=lambda n: (best[n], n))
         self._reference = best[self.chosen]

@@ -12,34 +12,30 @@ generator, as PyTorch's do, so a seed and a checkpointed RNG state reproduce the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 _LEVELS = 1 << 16  # the 16-bit uniform numbers a mask is drawn from
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """`F.dropout(x, p, training)`, with the masks drawn four to a random word on CPU."""
+def dropout(x: torch.Tensor, p: float, training: bool = True, shared_dim: int | None = None) -> torch.Tensor:
+    """`F.dropout(x, p, training)`, with the masks drawn four to a random word on CPU. With
+    `shared_dim`, one mask serves every position along that dimension (the time steps, for
+    variational dropout)."""
     dropped = round(p * _LEVELS)
-    if not training or dropped in (0, _LEVELS) or x.device.type != "cpu":
+    if not training or p == 0:
+        return x
+    if dropped in (0, _LEVELS) or (x.device.type != "cpu" and shared_dim is None):
         return F.dropout(x, p, training)
-    n = x.numel()
+    shape = list(x.shape)
+    if shared_dim is not None:
+        shape[shared_dim] = 1
+    if x.device.type != "cpu":
+        return x * torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - p).div_(1 - p)
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    uniform = words.view(torch.int16)[:n].view(x.shape)  # each in [-32768, 32767]
+    uniform = words.view(torch.int16)[:n].view(shape)  # each in [-32768, 32767]
     keep = uniform >= dropped - _LEVELS // 2
     return x * keep.to(x.dtype).mul_(_LEVELS / (_LEVELS - dropped))
-
-
-class Dropout(nn.Module):
-    """nn.Dropout's interface over `dropout`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"

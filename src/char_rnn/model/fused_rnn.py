@@ -367,14 +367,17 @@ def supports(rnn: nn.Module) -> bool:
     return rnn.bias and not rnn.bidirectional and getattr(rnn, "proj_size", 0) == 0
 
 
-def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=None):
+def run(
+    rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=None, shared_dropout_dim=None
+):
     """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters,
     or with `weights` in their place (a dict by parameter name, as torch.func.functional_call
     takes them).
 
     Returns the top layer's outputs (T, B, H) and the state in nn.GRU/nn.LSTM's layout:
     (L, B, H), or a pair of them for an LSTM. Dropout between layers follows
-    `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it. `loops` chooses the time
+    `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it, or with one mask for all
+    positions along `shared_dropout_dim` (variational dropout). `loops` chooses the time
     loops (default: `loops_for` the dtypes)."""
     weights = weights or {}
     is_lstm = isinstance(rnn, nn.LSTM)
@@ -400,7 +403,7 @@ def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=
                 out = gru_layer(layer_in, state[layer].to(acc), *params, compute_dtype, loops)
             h_last.append(out[-1])
             if layer < L - 1 and rnn.dropout > 0 and rnn.training:
-                out = dropout(out, rnn.dropout)
+                out = dropout(out, rnn.dropout, shared_dim=shared_dropout_dim)
             layer_in = out
     h = torch.stack(h_last)
     return layer_in, ((h, torch.stack(c_last)) if is_lstm else h)

@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from ..config import ModelConfig
 from . import fused_rnn
-from .dropout import Dropout
+from .dropout import dropout
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -34,8 +34,8 @@ class CharRNNModel(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
         # Dropout on every connection that is not recurrent: the embedding's output, between
         # layers (inside the RNN) and the top layer's output. The state carried from batch to
-        # batch is never masked; `weight_drop` masks the recurrent weights instead.
-        self.dropout = Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        # batch is never masked; `weight_drop` masks the recurrent weights instead. With
+        # variational_dropout each sequence keeps its masks for all its time steps.
         # nn.GRU/LSTM/RNN dispatch to cuDNN on CUDA.
         self.rnn = _RNN_CLASSES[config.cell](
             config.embedding_dim,
@@ -61,15 +61,45 @@ class CharRNNModel(nn.Module):
         if self.fused_cpu and ids.device.type == "cpu" and ids.shape[1] > 1:
             # Time-major inside: each step then reads and writes contiguous (B, H) rows.
             # (One character at a time, as generation feeds it, nn.GRU/LSTM is as fast.)
-            x = self.dropout(self.embedding(ids.t()))  # (T, B, E)
-            out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent)  # (T, B, H)
-            return self.head(self.dropout(out)).transpose(0, 1).contiguous(), state  # (B, T, V)
-        x = self.dropout(self.embedding(ids))  # (B, T, E)
-        if recurrent:
+            x = self._drop(self.embedding(ids.t()), time_dim=0)  # (T, B, E)
+            shared = 0 if self.config.variational_dropout else None
+            out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent, shared_dropout_dim=shared)
+            return self.head(self._drop(out, time_dim=0)).transpose(0, 1).contiguous(), state  # (B, T, V)
+        x = self._drop(self.embedding(ids), time_dim=1)  # (B, T, E)
+        if self.training and self.config.variational_dropout and self.config.layers > 1:
+            out, state = self._layer_by_layer(x, state, recurrent)  # (B, T, H)
+        elif recurrent:
             out, state = functional_call(self.rnn, recurrent, (x, state))  # (B, T, H)
         else:
             out, state = self.rnn(x, state)  # (B, T, H)
-        return self.head(self.dropout(out)), state  # (B, T, V)
+        return self.head(self._drop(out, time_dim=1)), state  # (B, T, V)
+
+    def _drop(self, x: torch.Tensor, time_dim: int) -> torch.Tensor:
+        """Dropout on a connection that is not recurrent, the same for all time steps of a
+        sequence with variational_dropout."""
+        shared = time_dim if self.config.variational_dropout else None
+        return dropout(x, self.config.dropout, self.training, shared_dim=shared)
+
+    def _layer_by_layer(
+        self, x: torch.Tensor, state: State | None, weights: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, State]:
+        """PyTorch's recurrent layers (batch-first), one at a time, so that the dropout between
+        them can keep one mask per sequence (nn.GRU/LSTM draw a new one per character)."""
+        c, rnn = self.config, self.rnn
+        state = state if state is not None else self.initial_state(x.shape[0], x.device)
+        layer_call = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn": torch._VF.rnn_tanh}[c.cell]
+        finals = []
+        for layer in range(c.layers):
+            names = [f"{kind}_l{layer}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            params = [weights.get(name, getattr(rnn, name)) for name in names]
+            hx = tuple(s[layer : layer + 1] for s in state) if c.cell == "lstm" else state[layer : layer + 1]
+            x, *final = layer_call(x, hx, params, True, 1, 0.0, True, False, True)
+            finals.append(final)
+            if layer < c.layers - 1:
+                x = self._drop(x, time_dim=1)
+        if c.cell == "lstm":
+            return x, (torch.cat([h for h, _ in finals]), torch.cat([cell for _, cell in finals]))
+        return x, torch.cat([h for (h,) in finals])
 
     def _dropped_recurrent_weights(self) -> dict[str, torch.Tensor]:
         """In training with weight_drop, each layer's hidden-to-hidden weights with a fresh

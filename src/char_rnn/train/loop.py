@@ -282,7 +282,8 @@ class _Trainer:
         threads = pinned_threads(config.threads) or torch.get_num_threads()
         shape = {"cell": c.cell, "vocab": c.vocab_size, "embedding": c.embedding_dim, "units": c.units,
                  "layers": c.layers, "dropout": c.dropout > 0, "weight_drop": c.weight_drop > 0,
-                 "batch": tuple(x.shape), "dtype": str(self.dtype), "threads": threads}  # fmt: skip
+                 "batch": tuple(x.shape), "dtype": str(self.dtype), "threads": threads,
+                 **({"variational_dropout": True} if c.variational_dropout else {})}  # fmt: skip
         cached = recurrent_path.cached_path(shape)
         if cached is not None:
             return cached
