@@ -50,6 +50,25 @@ def test_a_unit_leaves_the_process_thread_count_as_it_found_it():
         assert torch.get_num_threads() == before
 
 
+def test_a_count_fast_once_by_luck_is_not_kept_and_is_tried_in_pieces():
+    # Beside a busy core a short trial of two threads can fall inside one scheduler slice and
+    # look fast; the units after it are slow. The choice goes by the mean of the trials, and a
+    # count other than the kept one is only ever tried on pieces of a unit.
+    choice = ThreadChoice(candidates=(1, 2), warmup=0, min_piece=0.0)
+    shares_of_two = []
+    while choice.probes < 1:
+        share = choice.share()
+        with choice.unit(share) as threads:
+            if threads == 2:
+                shares_of_two.append(share)
+                seconds_per_unit = 0.004 if len(shares_of_two) == 1 else 0.2  # lucky, then slow
+            else:
+                seconds_per_unit = 0.02
+            time.sleep(seconds_per_unit * share)
+    assert choice.chosen == 1, f"choices made: {choice.history}"
+    assert shares_of_two and all(share < 1 for share in shares_of_two)
+
+
 def _small_parallel_work() -> None:
     """Many short parallel regions, as a small model's step has: each waits for every thread."""
     x = torch.ones(200_000)
