@@ -13,6 +13,7 @@ from char_rnn.model import fused_rnn, native
 from char_rnn.model.network import CharRNNModel
 from char_rnn.run.checkpoint import load_weights, weights_bytes
 from char_rnn.run.storage import write_atomic
+from char_rnn.threads import using_threads
 from char_rnn.train.loop import train
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -168,3 +169,30 @@ def test_cli_bench_train_prints_speed_and_peak_fraction():
     assert "chars/s" in result.stdout and "GEMM peak" in result.stdout
     bad = run_cli("bench", "train", "--steps", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(native.kernels() is None, reason="the compiled loops could not be built here")
+@pytest.mark.parametrize("rows", [1, 15, 16, 17, 33, 100])
+@pytest.mark.parametrize("cols", [1, 16, 31, 48, 130])
+def test_the_compiled_transpose_equals_pytorchs(rows, cols):
+    # Blocks of 16 x 16 in strips of 32 rows; every size around them exercises the tails.
+    matrix = torch.randn(rows, cols).to(torch.bfloat16)
+    assert torch.equal(native.kernels().transpose16(matrix), matrix.t().contiguous())
+
+
+@pytest.mark.skipif(native.kernels() is None, reason="the compiled loops could not be built here")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_compiled_loops_give_the_same_numbers_on_any_thread_count(cell):
+    # The gate loops split a step's rows among the threads and sum the bias gradients in fixed
+    # blocks, so a resumed run that gets another thread count still repeats the numbers.
+    torch.manual_seed(0)
+    rnn = RNNS[cell](24, 40, num_layers=2)
+    x = torch.randn(20, 37, 24)
+    state = _state(cell, 2, 37, 40)
+    results = []
+    for threads in (1, 2, 3):
+        with using_threads(threads), torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(_outputs_and_grads(rnn, cell, x, state, lambda xg, s: fused_rnn.run(rnn, xg, s)))
+    for outputs in results[1:]:
+        for a, b in zip(results[0], outputs, strict=True):
+            assert torch.equal(a, b)

@@ -25,15 +25,31 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+import torch  # noqa: F401  (loaded first: _openmp_flags reads which OpenMP runtime it brought)
+
 SOURCE = Path(__file__).with_name("cells.cpp")
 # -fno-trapping-math lets the compiler turn the clamps in fast_exp into selects: without it,
 # on CPUs without AVX-512's masked compares (AVX2 laptops), the forward loops stayed scalar
 # and took as long as the step's GEMMs. It changes no value, only which traps may be lost.
-# -mprefer-vector-width=512: on AVX-512 CPUs gcc otherwise keeps to 256-bit vectors, and the
-# gate loops ran 10 to 20 % slower so. OpenMP where the compiler is gcc's kind (Linux): PyTorch
-# links the same libgomp, so the module shares its threads; elsewhere the loops run serially.
-_OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", *_OPENMP]
+# -mprefer-vector-width=512 (x86 only): on AVX-512 CPUs gcc otherwise keeps to 256-bit
+# vectors, and the gate loops ran 10 to 20 % slower so.
+_WIDE = ["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else []
+
+
+def _openmp_flags() -> list[str]:
+    """-fopenmp where this process's PyTorch runs on GNU libgomp (PyPI's Linux wheels): the
+    module then links the same runtime and its gate loops share PyTorch's threads, following
+    torch.set_num_threads. With another runtime (Intel's, LLVM's) a second pool of threads
+    would ignore that setting, so the loops run on one thread instead."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return ["-fopenmp-simd"]
+    return ["-fopenmp"] if "libgomp" in maps else ["-fopenmp-simd"]
+
+
+_OPENMP = _openmp_flags()
+FLAGS = ["-O3", "-march=native", *_WIDE, "-fno-trapping-math", *_OPENMP]
 
 
 def cpu_identity() -> str:

@@ -188,27 +188,31 @@ at::Tensor transpose16(const at::Tensor& src) {
 // oneDNN, W is reordered once into the layout its kernels read (for AMX, tiles of bf16 pairs),
 // and each step runs on it: measured 1.3 to 1.8 times the speed of at::mm for the shapes of
 // this package's models (64 x 1024 @ 1024 x 3072 and the like), where at::mm reorders W at
-// every call. Elsewhere, or where oneDNN refuses the dtype, each step is at::mm.
+// every call. The reorder itself costs about ten steps' savings, so short loops (a start
+// string, say) keep at::mm, as do builds without oneDNN, torch.backends.mkldnn.enabled =
+// False, CHAR_RNN_PACKED_GEMM=0 (read once per process), and dtypes oneDNN refuses here.
 class RecurrentGemm {
  public:
-  // w: (N, K), any strides; batch: the rows of each step's x. at::mm reads W^T fastest from
-  // W stored row by row.
-  RecurrentGemm(const at::Tensor& w, int64_t batch) {
+  // w: (N, K), any strides; batch: the rows of each step's x; steps: how many there will be.
+  // at::mm reads W^T fastest from W stored row by row.
+  RecurrentGemm(const at::Tensor& w, int64_t batch, int64_t steps) {
     static const auto reorder = find("mkldnn::_reorder_linear_weight");
     static const auto linear = find("mkldnn::_linear_pointwise");
-    if (!reorder || !linear) {
-      plain_t_ = w.contiguous().t();
-      return;
+    if (reorder && linear && steps >= kMinPackedSteps && at::globalContext().userEnabledMkldnn()) {
+      try {
+        std::vector<c10::IValue> stack{contiguous(w), c10::IValue(batch)};
+        reorder->callBoxed(&stack);
+        packed_ = stack[0].toTensor();
+        linear_ = linear;
+        at::Tensor unused;
+        (*this)(at::zeros({batch, w.size(1)}, w.options()), unused);  // one trial: oneDNN takes it
+        return;
+      } catch (const std::exception&) {  // this CPU or dtype: at::mm it is
+        packed_.reset();
+        linear_.reset();
+      }
     }
-    try {
-      std::vector<c10::IValue> stack{contiguous(w), c10::IValue(batch)};
-      reorder->callBoxed(&stack);
-      packed_ = stack[0].toTensor();
-      linear_ = linear;
-    } catch (const std::exception&) {  // this CPU or dtype: at::mm it is
-      packed_.reset();
-      plain_t_ = w.contiguous().t();
-    }
+    plain_t_ = w.contiguous().t();
   }
 
   // (B, K) -> (B, N): into `out` with at::mm, or a new tensor from oneDNN.
@@ -234,6 +238,8 @@ class RecurrentGemm {
     if (w.is_contiguous() || w.element_size() != 2 || !w.t().is_contiguous()) return w.contiguous();
     return transpose16(w.t());
   }
+
+  static constexpr int64_t kMinPackedSteps = 16;
 
   at::Tensor plain_t_;
   std::optional<at::Tensor> packed_;
@@ -295,7 +301,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& gi, const at::Tensor&
   auto ghn = at::empty({T, B, H}, f32);
   auto n = at::empty({T, B, H}, f32);
   auto gh_out = at::empty({B, 3 * H}, w_hh_t.options());
-  const RecurrentGemm recurrent(w_hh_t.t(), B);
+  const RecurrentGemm recurrent(w_hh_t.t(), B, T);
   auto b_rz = (b_ih.slice(0, 0, 2 * H) + b_hh.slice(0, 0, 2 * H)).contiguous();
   auto b_in = b_ih.slice(0, 2 * H).contiguous();
   auto b_hn = b_hh.slice(0, 2 * H).contiguous();
@@ -354,7 +360,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& d_out, const at::Ten
   auto dh_carry = at::zeros({B, H}, f32);
   auto dh_out = at::empty({B, H}, w_hh.options());
   auto dh_mm = dh_out;
-  const RecurrentGemm recurrent(w_hh.t(), B);
+  const RecurrentGemm recurrent(w_hh.t(), B, T);
   auto db_hh = at::zeros({kRowBlocks, 3 * H}, f32);  // partial sums, one row per block
   auto db_in = at::zeros({kRowBlocks, H}, f32);
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -414,7 +420,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& pre, const at::Tenso
   auto act = at::empty({T, B, 4 * H}, f32);
   auto tanh_c = at::empty({T, B, H}, f32);
   auto gh_out = at::empty({B, 4 * H}, w_hh_t.options());
-  const RecurrentGemm recurrent(w_hh_t.t(), B);
+  const RecurrentGemm recurrent(w_hh_t.t(), B, T);
   cs[0].copy_(c0);
   for (int64_t t = 0; t < T; ++t) {
     const auto gh = recurrent(hs_c[t], gh_out);
@@ -468,7 +474,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& d_out, const at::Te
   auto dg = at::empty({T, B, 4 * H}, w_hh.options());
   auto dh_out = at::empty({B, H}, w_hh.options());
   auto dh_mm = dh_out;
-  const RecurrentGemm recurrent(w_hh.t(), B);
+  const RecurrentGemm recurrent(w_hh.t(), B, T);
   auto dc = d_c_last.to(at::kFloat).clone().contiguous();
   auto db = at::zeros({kRowBlocks, 4 * H}, f32);  // partial sums, one row per block
   for (int64_t t = T - 1; t >= 0; --t) {
