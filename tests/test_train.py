@@ -4,6 +4,7 @@ import math
 import pytest
 from conftest import TINY_MODEL, tiny_train_config
 
+from char_rnn.cli import main
 from char_rnn.config import ModelConfig
 from char_rnn.errors import CharRNNError
 from char_rnn.run.folder import RunFolder
@@ -70,6 +71,22 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(small_corpus, tmp_path,
     whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
     pieces = (tmp_path / "pieces" / "model.safetensors").read_bytes()
     assert whole == pieces
+
+
+def test_a_run_saved_before_variational_dropout_resumes_as_it_was_trained(small_corpus, tmp_path):
+    # Earlier versions drew a new dropout mask per character and wrote no variational_dropout
+    # into config.json; such a run, resumed by the command line, continues that way, bit for bit.
+    model = ModelConfig(embedding_dim=16, units=32, layers=2, dropout=0.3, variational_dropout=False)
+    train(model, tiny_train_config(small_corpus, tmp_path / "whole", epochs=2, max_steps=40))
+    train(model, tiny_train_config(small_corpus, tmp_path / "old", epochs=2, max_steps=20))
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]["variational_dropout"]
+    config_path.write_text(json.dumps(config))
+    assert RunFolder(tmp_path / "old").open().model.variational_dropout is False
+    assert main(["train", "--out", str(tmp_path / "old"), "--resume", "--max-steps", "40", "--quiet"]) == 0
+    whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert (tmp_path / "old" / "model.safetensors").read_bytes() == whole
 
 
 def test_resume_refuses_a_different_corpus(small_corpus, tmp_path, shakespeare_text):

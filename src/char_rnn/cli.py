@@ -70,7 +70,9 @@ def _add_config_flags(p: argparse.ArgumentParser, config_type: type, names: Sequ
                     or hints[config_field.name] is k)  # fmt: skip
         default = None if given_only else config_field.default
         if kind is bool:
-            target.add_argument(flag, action="store_true", default=default, help=describe(config_field))
+            # A field that is on by default also gets its --no- flag.
+            action = argparse.BooleanOptionalAction if config_field.default is True else "store_true"
+            target.add_argument(flag, action=action, default=default, help=describe(config_field))
             continue
         bare = {"nargs": "?", "const": meta["bare"]} if meta.get("bare") else {}
         target.add_argument(flag, type=kind, default=default, choices=meta["choices"] or None,

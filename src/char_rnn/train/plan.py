@@ -90,7 +90,7 @@ def training_corpus(plan: Plan) -> Corpus:
 
 
 # A fine-tuned model keeps the shape of the one it starts from; these it may change.
-FINE_TUNE_MODEL_OPTIONS = ("dropout", "weight_drop")
+FINE_TUNE_MODEL_OPTIONS = ("dropout", "weight_drop", "variational_dropout")
 
 
 def fine_tune_configs(preset: str | None = None, **options: Any) -> tuple[ModelConfig, TrainConfig]:
