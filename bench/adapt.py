@@ -64,7 +64,7 @@ def main() -> int:
         )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, threads=args.threads)
     config = AdaptConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AdaptConfig)})
     val = model.run_text("val")
     if len(val) <= args.tune_chars + 1:

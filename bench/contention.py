@@ -1,7 +1,7 @@
 """Speed on a busy machine: chars/s idle, beside one and two single-core busy processes, with
 the fixed thread rule and with the measured choice (threads.py), all in one run.
 
-Workloads: the defaults' training (2 x LSTM 512), the tutorial's training (GRU 1024), and
+Workloads: the defaults' training (2 x LSTM 768), the tutorial's training (GRU 1024), and
 generation with the tutorial-size model of 1 and of 64 streams. "fixed" is the rule char-rnn
 followed before it measured: training and many streams on every core, one stream on one
 thread. Each load (idle, 1 busy, 2 busy) runs every workload with both rules back to back,
@@ -73,17 +73,19 @@ def main() -> int:
     args = parser.parse_args()
     cores = available_cores()
     rounds, steps, length = (1, 2, 200) if args.quick else (args.rounds, args.steps, args.length)
+    defaults, _ = build_configs(None)
+    tutorial = f"train, tutorial (GRU {PRESETS['tutorial']['units']})"
     workloads: dict[str, tuple[Callable[[int | None], float], int]] = {
-        "train, defaults (2x LSTM 512)": (training(None, steps, args.quick), cores),
-        f"train, tutorial (GRU {PRESETS['tutorial']['units']})": (
-            training("tutorial", steps, args.quick),
+        f"train, defaults ({defaults.layers}x {defaults.cell.upper()} {defaults.units})": (
+            training(None, steps, args.quick),
             cores,
         ),
+        tutorial: (training("tutorial", steps, args.quick), cores),
         "generate, 1 stream": (generation(1, length), 1),
         "generate, 64 streams": (generation(64, length), cores),
     }
     if args.quick:
-        del workloads["train, tutorial (GRU 1024)"]
+        del workloads[tutorial]
     figures: dict[tuple[str, int, str], float] = {}
     for busy in LOADS:
         with busy_cores(busy):
