@@ -366,7 +366,8 @@ def test_a_full_queue_answers_429_and_a_disconnect_frees_its_slot(tiny_run, tmp_
 
 
 def test_sigterm_lets_running_streams_finish_then_ends_the_rest(tiny_run, tmp_path):
-    flags = ("--grace-period", "5", "--max-length", "10000000", "--timeout", "600")
+    # The grace period leaves the short stream five times the time it needs on a slow day.
+    flags = ("--grace-period", "10", "--max-length", "10000000", "--timeout", "600")
     with running_server(tiny_run, *flags, log=tmp_path / "server.log") as (process, url):
         results: dict = {}
 
@@ -375,7 +376,7 @@ def test_sigterm_lets_running_streams_finish_then_ends_the_rest(tiny_run, tmp_pa
                               timeout=60) as response:  # fmt: skip
                 results[name] = read_events(response)
 
-        readers = [threading.Thread(target=read, args=("short", 5_000)),
+        readers = [threading.Thread(target=read, args=("short", 2_000)),
                    threading.Thread(target=read, args=("endless", 10_000_000))]  # fmt: skip
         for reader in readers:
             reader.start()
@@ -386,7 +387,7 @@ def test_sigterm_lets_running_streams_finish_then_ends_the_rest(tiny_run, tmp_pa
             reader.join(60)
         process.wait(60)
     short, endless = results["short"], results["endless"]
-    assert short[-1] == ("done", {"chars": 5_000, "stop": None})
+    assert short[-1] == ("done", {"chars": 2_000, "stop": None})
     assert endless[-1][0] == "error" and "shutting down" in endless[-1][1]["detail"]
     assert sum(len(data.get("text", "")) for _, data in endless) > 0
     assert process.returncode == -signal.SIGTERM
