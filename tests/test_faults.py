@@ -65,19 +65,20 @@ def _newest_step_folder(out: Path) -> str:
     return max((p.name for p in (out / "checkpoints").glob("step-*")), default="")
 
 
-def _run_with_kills(corpus: Path, out: Path, rng: random.Random, kills: int) -> None:
+def _run_with_kills(corpus: Path, out: Path, rng: random.Random, kills: int) -> list[str]:
     """Run to completion, killed `kills` times. A kill waits until the process has begun a
     new checkpoint folder (so each run makes progress even on a loaded machine), then a
     random 0-250 ms more: it lands inside a checkpoint write, a prune or a step. On odd
-    seeds the first kill comes at a blind moment, often before any checkpoint exists."""
-    last_step = 0
+    seeds the first kill comes at a blind moment, often before any checkpoint exists.
+    Returns what each process wrote to stderr, for the message of a failure."""
+    last_step, stderrs = 0, []
     for attempt in range(kills + 1):
         process = subprocess.Popen(_train_command(corpus, out), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
         if attempt == kills:
             _, stderr = process.communicate(timeout=600)
             assert process.returncode == 0, stderr
-            return
+            return [*stderrs, stderr]
         if attempt == 0 and rng.random() < 0.5:
             time.sleep(rng.uniform(0.0, 2.0))
         else:
@@ -90,17 +91,18 @@ def _run_with_kills(corpus: Path, out: Path, rng: random.Random, kills: int) -> 
         if process.poll() is not None:  # it finished before the kill: start over the count
             _, stderr = process.communicate()
             assert process.returncode == 0, stderr
-            return
+            return [*stderrs, stderr]
         process.send_signal(signal.SIGKILL)
-        process.communicate()
+        stderrs.append(process.communicate()[1])
         step = _assert_newest_checkpoint_loads(out)
         assert step >= last_step, "a crash lost a committed checkpoint"
         last_step = step
 
 
-def _assert_same_run(out: Path, reference: Path) -> None:
+def _assert_same_run(out: Path, reference: Path, stderrs: list[str] = ()) -> None:
     for name in ("model.safetensors", "best.safetensors"):
-        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+        same = (out / name).read_bytes() == (reference / name).read_bytes()
+        assert same, (name, *stderrs, "reference:", (reference.parent / "stderr.txt").read_text())
     names = [p.name for p in RunFolder(out).complete_checkpoints()]
     assert names == [p.name for p in RunFolder(reference).complete_checkpoints()]
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".pruned-*"))
@@ -109,8 +111,8 @@ def _assert_same_run(out: Path, reference: Path) -> None:
 
 def _trial(tmp_path: Path, corpus: Path, reference: Path, seed: int, kills: int) -> None:
     out = tmp_path / f"killed-{seed}"
-    _run_with_kills(corpus, out, random.Random(seed), kills)
-    _assert_same_run(out, reference)
+    stderrs = _run_with_kills(corpus, out, random.Random(seed), kills)
+    _assert_same_run(out, reference, stderrs)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +121,7 @@ def reference(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("reference") / "uninterrupted"
     result = subprocess.run(_train_command(corpus, out), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    (out.parent / "stderr.txt").write_text(result.stderr)  # for the message of a failure
     return out
 
 

@@ -2,6 +2,10 @@
 learning under bf16 as under fp32."""
 
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +200,26 @@ def test_the_compiled_loops_give_the_same_numbers_on_any_thread_count(cell):
     for outputs in results[1:]:
         for a, b in zip(results[0], outputs, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(native.kernels() is None, reason="the compiled loops could not be built here")
+def test_a_process_killed_while_holding_the_builders_lock_does_not_stop_later_loads():
+    # PyTorch's builder holds a lock file during every load; a process killed in those few
+    # milliseconds left it behind, and every later run waited for it forever.
+    lock = Path(native.kernels().__file__).parent / native.BUILDER_LOCK
+    hold = (
+        "import sys, time; from torch.utils.file_baton import FileBaton; "
+        "assert FileBaton(sys.argv[1]).try_acquire(); print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert lock.exists()
+        load = "from char_rnn.model import native; print(native.kernels() is not None)"
+        done = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "True", done.stderr
+    finally:
+        holder.kill()
+        lock.unlink(missing_ok=True)

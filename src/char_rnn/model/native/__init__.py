@@ -22,6 +22,7 @@ import platform
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -101,6 +102,25 @@ def needs_build() -> bool:
     return not any(folder.glob(f"{build_name()}*.so"))
 
 
+BUILDER_LOCK = "lock"  # the file PyTorch's builder holds while it builds or checks a build
+
+
+@contextlib.contextmanager
+def _only_loader(folder: Path) -> Iterator[None]:
+    """Load with no other char-rnn process loading the same build. The builder's own lock is
+    a file that only its holder removes: a process killed while holding it (a few
+    milliseconds of every load, half a minute of a build) left it behind, and every later
+    load waited for it forever. This lock is the kernel's, released when its process dies;
+    holding it, a builder's lock file can only be such a leftover, and goes."""
+    import fcntl  # POSIX, as the compiled loops are (wanted())
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "char_rnn.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (folder / BUILDER_LOCK).unlink(missing_ok=True)
+        yield
+
+
 @functools.cache
 def kernels() -> ModuleType | None:
     """The compiled module, or None where it cannot be had."""
@@ -110,13 +130,14 @@ def kernels() -> ModuleType | None:
         from torch.utils import cpp_extension
 
         _ensure_ninja_on_path()
-        return cpp_extension.load(
-            name=build_name(),
-            sources=[str(SOURCE)],
-            extra_cflags=FLAGS,
-            extra_ldflags=[flag for flag in _OPENMP if flag == "-fopenmp"],
-            verbose=False,
-        )
+        with _only_loader(Path(cpp_extension._get_build_directory(build_name(), verbose=False))):
+            return cpp_extension.load(
+                name=build_name(),
+                sources=[str(SOURCE)],
+                extra_cflags=FLAGS,
+                extra_ldflags=[flag for flag in _OPENMP if flag == "-fopenmp"],
+                verbose=False,
+            )
     except Exception as error:  # a missing compiler or ninja, a failed build: all mean "fall back"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
