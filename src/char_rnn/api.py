@@ -10,7 +10,7 @@ model = CharRNN.train(data="my.txt", out="runs/mine", max_time=300)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from .evaluate import (
 from .generate import DEFAULT_ENGINE, Engine, engine_kind, generate_texts, open_engine, stream_texts
 from .generate.beam import BeamResult, beam_search
 from .generate.items import generate_items, item_config, stream_items
+from .model.ensemble import Ensemble
 from .model.network import CharRNNModel
 from .novelty import CopyIndex, Novelty
 from .run.checkpoint import load_weights
@@ -86,6 +87,7 @@ class CharRNN:
         device: str = "cpu",
         engine: str = DEFAULT_ENGINE,
         threads: int | None = None,
+        ensemble: Sequence[str | os.PathLike] = (),
     ) -> CharRNN:
         """Load the newest weights of a run folder (`which="best"` for the best ones).
 
@@ -95,14 +97,20 @@ class CharRNN:
         Beam search and evaluation use the model itself whatever the engine.
 
         `threads` pins the CPU threads that generation and evaluation use; by default they
-        time their own work and keep the fastest count, as the machine's load changes."""
+        time their own work and keep the fastest count, as the machine's load changes.
+
+        `ensemble`: more run folders trained on the same characters, read beside this one as
+        one model whose next-character probabilities are the mean of all of theirs
+        (model/ensemble.py): a lower loss than any of them. It generates with the reference
+        engine and cannot adapt."""
         if engine_kind(engine).cpu_only and device != "cpu":  # before the weights load
             raise UsageError(f"the {engine} engine runs on the CPU only; use device cpu, not {device!r}")
         folder = RunFolder(run)
         saved = folder.open()
-        model = CharRNNModel(saved.model)
-        load_weights(model, folder.weights_path(which))
-        model.to(resolve_device(device)).eval()
+        model = _load_model(folder, saved.model, which, device)
+        if ensemble:
+            members = [_ensemble_member(other, saved.vocab, which, device) for other in ensemble]
+            model = Ensemble([model, *members])
         return cls(model, saved.vocab, saved.payload, engine, run=folder.path, which=which, threads=threads)
 
     @classmethod
@@ -303,6 +311,8 @@ class CharRNN:
             raise UsageError(f"adapt must be True, False or an AdaptConfig, got {config!r}")
         if self.items:
             raise UsageError("adaptation reads one long text; this run was trained on items")
+        if isinstance(self.model, Ensemble):
+            raise UsageError("adaptation learns one model's weights; read an ensemble without it")
         if config not in self._adaptations:
             self._adaptations[config] = Adaptation.prepare(
                 self.model, self.run_text("train"), config, threads=self.threads
@@ -332,6 +342,25 @@ class CharRNN:
         return CharRNN(
             model, self.vocab, self.run_config, self.engine.name, run=self.run, threads=self.threads
         )
+
+
+def _load_model(folder: RunFolder, config: ModelConfig, which: str, device: str) -> CharRNNModel:
+    model = CharRNNModel(config)
+    load_weights(model, folder.weights_path(which))
+    return model.to(resolve_device(device)).eval()
+
+
+def _ensemble_member(run: str | os.PathLike, vocab: Vocab, which: str, device: str) -> CharRNNModel:
+    """Another run's model, for an ensemble with a model of `vocab`: the same characters in
+    the same order, or its outputs would not mean the same characters."""
+    folder = RunFolder(run)
+    saved = folder.open()
+    if saved.vocab.chars != vocab.chars:
+        raise UsageError(
+            f"{folder.path} was trained on other characters than the first run: an ensemble's "
+            "runs must share one vocabulary (train them on the same corpus)"
+        )
+    return _load_model(folder, saved.model, which, device)
 
 
 def _text_start(start: str | None) -> str:

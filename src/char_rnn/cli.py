@@ -167,6 +167,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, metavar="N",
                    help="the likeliest continuation, keeping N candidates (no sampling)")  # fmt: skip
     p.add_argument("--threads", type=int, help=THREADS_HELP)
+    _add_ensemble(p)
     p.add_argument("--novelty", action="store_true",
                    help="report on stderr the longest span each sample shares with the training text "
                         "(and for items, whether it is a training item)")  # fmt: skip
@@ -205,8 +206,16 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt", action="store_true",
                    help="read the text in segments, each scored and then learned from (dynamic "
                         "evaluation), beside the static loss; the run's files are untouched")  # fmt: skip
+    _add_ensemble(p)
     _add_config_flags(p.add_argument_group("adaptation (with --adapt)"), AdaptConfig)
     p.set_defaults(handler=cmd_eval)
+
+
+def _add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", nargs="+", metavar="RUN", default=(),
+                   help="more run folders trained on the same corpus, read beside RUN as one model "
+                        "whose next-character probabilities are the mean of theirs (lower loss than "
+                        "any one; generation runs on the reference engine; not with adaptation)")  # fmt: skip
 
 
 def _add_score(commands: argparse._SubParsersAction) -> None:
@@ -469,7 +478,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          "drop --num-samples, --stop and --engine onnx")  # fmt: skip
     adapt = _adapt_config(args, args.adapt_to is not None, "--adapt-to FILE")
     model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, engine=args.engine,
-                         threads=args.threads)  # fmt: skip
+                         threads=args.threads, ensemble=args.ensemble)  # fmt: skip
     if adapt is not None:
         from .adapt import continuation_start
         from .data.text import read_text
@@ -682,7 +691,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import CharRNN
 
     adapt = _adapt_config(args, args.adapt, "--adapt")
-    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, threads=args.threads)
+    model = CharRNN.load(args.run, which=args.checkpoint, device=args.device, threads=args.threads,
+                         ensemble=args.ensemble)  # fmt: skip
     result = model.evaluate_file(args.data, split=args.split, window=args.window, encoding=args.encoding,
                                  adapt=adapt or False)  # fmt: skip
     if args.json:

@@ -77,6 +77,8 @@ def _open_onnx(
         raise UsageError(
             "the onnx engine reads a run folder's exported model.onnx, and no run folder was given"
         )
+    if not isinstance(model, CharRNNModel):
+        raise UsageError("the onnx engine runs one exported model; an ensemble runs on fast or reference")
     from ..onnx.engine import OnnxEngine  # onnxruntime is an optional extra
 
     return OnnxEngine.load(run, vocab, model.config, which=which)

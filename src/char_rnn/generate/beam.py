@@ -35,9 +35,10 @@ class BeamResult:
 
 
 def _select(state: State, parents: torch.Tensor) -> State:
-    """The state (L, N, H) of each kept beam, taken from its parent beam."""
+    """The state (L, N, H) of each kept beam, taken from its parent beam (for an LSTM, or an
+    ensemble, each tensor of the tuple)."""
     if isinstance(state, tuple):
-        return tuple(s.index_select(1, parents) for s in state)
+        return tuple(_select(s, parents) for s in state)
     return state.index_select(1, parents)
 
 

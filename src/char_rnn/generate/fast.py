@@ -264,8 +264,9 @@ def resolve_weights(weights: str) -> str:
 
 
 def supports(model: CharRNNModel) -> bool:
-    """The fast engine covers every cell and depth on the CPU; elsewhere the reference runs."""
-    return model.head.weight.device.type == "cpu"
+    """The fast engine covers every cell and depth of one model on the CPU; elsewhere (and for
+    an ensemble) the reference runs."""
+    return isinstance(model, CharRNNModel) and model.head.weight.device.type == "cpu"
 
 
 class FastGenerator:
