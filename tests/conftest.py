@@ -24,12 +24,18 @@ def shakespeare_folder() -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def offline_shakespeare(monkeypatch):
+# The two settings below hold for the whole session, set before any fixture: a module's
+# fixture (a reference run, say) is made before a test's own fixtures, and one made with
+# the user's cache measured its recurrent path there, where the test's runs measured theirs in
+# the session's cache: the two could choose differently, and the runs then differed.
+@pytest.fixture(scope="session", autouse=True)
+def offline_shakespeare():
     """Point the `shakespeare` corpus at the offline copy, so no test needs the network."""
     folder = Path(os.environ.get(DATA_ENV) or SHARED_DATA)
-    if (folder / SHAKESPEARE_FILE).is_file():
-        monkeypatch.setenv(DATA_ENV, str(folder))
+    with pytest.MonkeyPatch.context() as patch:
+        if (folder / SHAKESPEARE_FILE).is_file():
+            patch.setenv(DATA_ENV, str(folder))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +43,13 @@ def encoded_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("encoded-cache")
 
 
-@pytest.fixture(autouse=True)
-def private_encoded_cache(monkeypatch, encoded_cache):
-    """Encoded corpora go to a folder of this test session, never the user cache."""
-    monkeypatch.setenv(CACHE_ENV, str(encoded_cache))
+@pytest.fixture(scope="session", autouse=True)
+def private_encoded_cache(encoded_cache):
+    """Encoded corpora and the recurrent-path choices go to a folder of this test session,
+    never the user cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(encoded_cache))
+        yield
 
 
 @pytest.fixture(scope="session")
