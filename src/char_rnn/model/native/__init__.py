@@ -93,20 +93,25 @@ def needs_build() -> bool:
     minute) rather than load a build from the cache."""
     if not wanted() or kernels.cache_info().currsize:
         return False
+    folder = _build_folder()
+    return folder is None or not any(folder.glob(f"{build_name()}*.so"))  # unknown: "may build"
+
+
+def _build_folder() -> Path | None:
+    """Where PyTorch's builder keeps this build, or None where its layout is not as known."""
     try:
         from torch.utils import cpp_extension
 
-        folder = Path(cpp_extension._get_build_directory(build_name(), verbose=False))
-    except Exception:  # the builder's layout is its own; unknown means "may build"
-        return True
-    return not any(folder.glob(f"{build_name()}*.so"))
+        return Path(cpp_extension._get_build_directory(build_name(), verbose=False))
+    except Exception:  # the builder's layout is its own
+        return None
 
 
 BUILDER_LOCK = "lock"  # the file PyTorch's builder holds while it builds or checks a build
 
 
 @contextlib.contextmanager
-def _only_loader(folder: Path) -> Iterator[None]:
+def _only_loader(folder: Path | None) -> Iterator[None]:
     """Load with no other char-rnn process loading the same build. The builder's own lock is
     a file that only its holder removes: a process killed while holding it (a few
     milliseconds of every load, half a minute of a build) left it behind, and every later
@@ -114,6 +119,9 @@ def _only_loader(folder: Path) -> Iterator[None]:
     holding it, a builder's lock file can only be such a leftover, and goes."""
     import fcntl  # POSIX, as the compiled loops are (wanted())
 
+    if folder is None:  # the builder's layout is not as known: load as it does
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "char_rnn.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -130,7 +138,7 @@ def kernels() -> ModuleType | None:
         from torch.utils import cpp_extension
 
         _ensure_ninja_on_path()
-        with _only_loader(Path(cpp_extension._get_build_directory(build_name(), verbose=False))):
+        with _only_loader(_build_folder()):
             return cpp_extension.load(
                 name=build_name(),
                 sources=[str(SOURCE)],
