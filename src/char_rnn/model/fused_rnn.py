@@ -114,6 +114,7 @@ class TorchLoops:
     def gru_backward(d_out, hs, rz, ghn, n, w_hh_c):
         T, B, H = n.shape
         cd = w_hh_c.dtype
+        d_out = d_out.to(hs.dtype)
         dh = torch.zeros_like(hs[0])
         # dG holds the gradients of the recurrent pre-activations [r, z, n_h] per step; the
         # input side differs only in n (dn_x = dn, dn_h = dn * r), kept in dgi_n.
@@ -182,6 +183,7 @@ class TorchLoops:
     def lstm_backward(d_out, d_c_last, cs, gates, tanh_c, w_hh_c):
         T, B, H = tanh_c.shape
         cd = w_hh_c.dtype
+        d_out = d_out.to(cs.dtype)
         dh = torch.zeros_like(cs[0])
         dc = d_c_last.clone()
         dg = cs.new_empty(B, 4 * H)
@@ -248,28 +250,42 @@ def loops_for(acc: torch.dtype, compute_dtype: torch.dtype) -> TorchLoops | Nati
     return TorchLoops()
 
 
+def _outputs_gradient(d_out, d_last, outputs):
+    """The gradient of a layer's outputs (T, B, H) from those of what it returned: the outputs
+    (fp32, or the GEMM dtype's copy, which the loops read as it is) and the last state (fp32).
+    Either is None where nothing used it."""
+    if d_last is None:
+        return outputs.new_zeros(outputs.shape) if d_out is None else d_out.contiguous()
+    d_out = outputs.new_zeros(outputs.shape) if d_out is None else d_out.to(outputs.dtype, copy=True)
+    d_out[-1] += d_last
+    return d_out
+
+
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype):
         T, B, E = x.shape
         H = h0.shape[1]
         w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
         x_c = x.to(compute_dtype).reshape(T * B, E)
         gi = torch.mm(x_c, w_ih_c.t()).view(T, B, 3 * H)  # all T input projections at once
-        hs, hs_c, rz, ghn, n = loops.gru_forward(gi, h0.to(x.dtype), w_hh_c, b_ih, b_hh)
+        acc = torch.promote_types(x.dtype, torch.float32)  # x may be the layer below's GEMM-dtype outputs
+        hs, hs_c, rz, ghn, n = loops.gru_forward(gi, h0.to(acc), w_hh_c, b_ih, b_hh)
         ctx.save_for_backward(x_c, w_ih_c, w_hh_c)
         ctx.buffers = (hs, hs_c, rz, ghn, n)
         ctx.loops = loops
         ctx.dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
-        return hs[1:]
+        ctx.set_materialize_grads(False)
+        return (hs_c if out_in_gemm_dtype else hs)[1:], hs[T].clone()
 
     @staticmethod
-    def backward(ctx, d_out):
+    def backward(ctx, d_out, d_last):
         x_c, w_ih_c, w_hh_c = ctx.saved_tensors
         hs, hs_c, rz, ghn, n = ctx.buffers
         x_dtype, h0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
         T, B, H = n.shape
-        dg_c, dgi_n, dh0, d_b_rzn, d_b_in = ctx.loops.gru_backward(d_out.to(hs.dtype), hs, rz, ghn, n, w_hh_c)
+        d_out = _outputs_gradient(d_out, d_last, hs[1:])
+        dg_c, dgi_n, dh0, d_b_rzn, d_b_in = ctx.loops.gru_backward(d_out, hs, rz, ghn, n, w_hh_c)
 
         # The weight gradients of all steps at once.
         dg_all = dg_c.view(T * B, 3 * H)
@@ -288,15 +304,15 @@ class _GRULayer(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             d_w_hh = torch.mm(dg_t, hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
         d_b_ih = torch.cat((d_b_rzn[: 2 * H], d_b_in)).to(b_ih_dtype)
-        return d_x, dh0.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_rzn.to(b_hh_dtype), None, None
+        return d_x, dh0.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_rzn.to(b_hh_dtype), None, None, None
 
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype):
         T, B, E = x.shape
         H = h0.shape[1]
-        acc = x.dtype
+        acc = torch.promote_types(x.dtype, torch.float32)  # as in _GRULayer
         w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
         x_c = x.to(compute_dtype).reshape(T * B, E)
         pre = torch.mm(x_c, w_ih_c.t()).view(T, B, 4 * H)
@@ -306,16 +322,18 @@ class _LSTMLayer(torch.autograd.Function):
         ctx.buffers = (hs_c, cs, gates, tanh_c)
         ctx.loops = loops
         ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
-        return hs[1:], cs[T].clone()
+        ctx.set_materialize_grads(False)
+        return (hs_c if out_in_gemm_dtype else hs)[1:], hs[T].clone(), cs[T].clone()
 
     @staticmethod
-    def backward(ctx, d_out, d_c_last):
+    def backward(ctx, d_out, d_last, d_c_last):
         x_c, w_ih_c, w_hh_c = ctx.saved_tensors
         hs_c, cs, gates, tanh_c = ctx.buffers
         x_dtype, h0_dtype, c0_dtype, w_ih_dtype, w_hh_dtype, b_ih_dtype, b_hh_dtype = ctx.dtypes
         T, B, H = tanh_c.shape
+        d_out = _outputs_gradient(d_out, d_last, cs[1:])
         d_c_last = torch.zeros_like(cs[0]) if d_c_last is None else d_c_last.to(cs.dtype)
-        dg_c, dh0, dc0, d_b = ctx.loops.lstm_backward(d_out.to(cs.dtype), d_c_last, cs, gates, tanh_c, w_hh_c)
+        dg_c, dh0, dc0, d_b = ctx.loops.lstm_backward(d_out, d_c_last, cs, gates, tanh_c, w_hh_c)
         dg_all = dg_c.view(T * B, 4 * H)
         d_x = d_w_ih = d_w_hh = None
         if ctx.needs_input_grad[0]:
@@ -335,28 +353,48 @@ class _LSTMLayer(torch.autograd.Function):
             d_b.to(b_hh_dtype),
             None,
             None,
+            None,
         )
 
 
 def gru_layer(
-    x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None
-) -> torch.Tensor:
-    """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H), the last being the
-    final state. The GEMMs run in `compute_dtype` (default: the weights' dtype); `loops`
-    chooses the time loops (default: `loops_for` the dtypes)."""
+    x,
+    h0,
+    w_ih,
+    w_hh,
+    b_ih,
+    b_hh,
+    compute_dtype: torch.dtype | None = None,
+    loops=None,
+    out_in_gemm_dtype=False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H) and the final state
+    (B, H, fp32). The GEMMs run in `compute_dtype` (default: the weights' dtype); `loops`
+    chooses the time loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the
+    outputs come in the GEMM dtype, for a consumer that would cast them to it: the layer keeps
+    that copy anyway, so the cast and its gradient's are saved."""
     compute_dtype = compute_dtype or w_hh.dtype
     loops = loops or loops_for(x.dtype, compute_dtype)
-    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops)
+    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
 
 
 def lstm_layer(
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final cell
-    state (B, H)."""
+    x,
+    h0,
+    c0,
+    w_ih,
+    w_hh,
+    b_ih,
+    b_hh,
+    compute_dtype: torch.dtype | None = None,
+    loops=None,
+    out_in_gemm_dtype=False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final
+    states h and c (B, H, fp32); the arguments as for `gru_layer`."""
     compute_dtype = compute_dtype or w_hh.dtype
     loops = loops or loops_for(x.dtype, compute_dtype)
-    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops)
+    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
 
 
 def supports(rnn: nn.Module) -> bool:
@@ -368,7 +406,13 @@ def supports(rnn: nn.Module) -> bool:
 
 
 def run(
-    rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=None, shared_dropout_dim=None
+    rnn: nn.GRU | nn.LSTM,
+    x: torch.Tensor,
+    state=None,
+    loops=None,
+    weights=None,
+    shared_dropout_dim=None,
+    out_in_gemm_dtype=False,
 ):
     """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters,
     or with `weights` in their place (a dict by parameter name, as torch.func.functional_call
@@ -378,7 +422,9 @@ def run(
     (L, B, H), or a pair of them for an LSTM. Dropout between layers follows
     `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it, or with one mask for all
     positions along `shared_dropout_dim` (variational dropout). `loops` chooses the time
-    loops (default: `loops_for` the dtypes)."""
+    loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the outputs come in the
+    GEMM dtype (bf16 under autocast), for a consumer that casts them to it; a layer hands the
+    next its outputs so wherever no dropout comes between them. The state stays fp32."""
     weights = weights or {}
     is_lstm = isinstance(rnn, nn.LSTM)
     T, B, _ = x.shape
@@ -388,6 +434,7 @@ def run(
         state = (zeros, zeros) if is_lstm else zeros
     compute_dtype = gemm_dtype(x.device) or rnn.weight_hh_l0.dtype
     acc = torch.promote_types(x.dtype, torch.float32)
+    dropped_between = rnn.dropout > 0 and rnn.training
     # The layers choose their own dtypes; autocast must not recast inside them.
     with torch.autocast(x.device.type, enabled=False):
         h_last, c_last = [], []
@@ -395,14 +442,18 @@ def run(
         for layer in range(L):
             names = [f"{kind}_l{layer}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             params = [weights.get(name, getattr(rnn, name)) for name in names]
+            top = layer == L - 1
+            in_gemm_dtype = out_in_gemm_dtype if top else not dropped_between
             if is_lstm:
                 h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
-                out, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops)
+                out, h, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops, in_gemm_dtype)
                 c_last.append(c)
             else:
-                out = gru_layer(layer_in, state[layer].to(acc), *params, compute_dtype, loops)
-            h_last.append(out[-1])
-            if layer < L - 1 and rnn.dropout > 0 and rnn.training:
+                out, h = gru_layer(
+                    layer_in, state[layer].to(acc), *params, compute_dtype, loops, in_gemm_dtype
+                )
+            h_last.append(h)
+            if not top and dropped_between:
                 out = dropout(out, rnn.dropout, shared_dim=shared_dropout_dim)
             layer_in = out
     h = torch.stack(h_last)

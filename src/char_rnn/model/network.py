@@ -63,7 +63,11 @@ class CharRNNModel(nn.Module):
             # (One character at a time, as generation feeds it, nn.GRU/LSTM is as fast.)
             x = self._drop(self.embedding(ids.t()), time_dim=0)  # (T, B, E)
             shared = 0 if self.config.variational_dropout else None
-            out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent, shared_dropout_dim=shared)
+            # Where no dropout comes before the head, it reads the layers' own GEMM-dtype copy
+            # of the outputs instead of casting them (the same numbers, a cast saved each way).
+            head_reads_copy = not (self.training and self.config.dropout > 0)
+            out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent, shared_dropout_dim=shared,
+                                       out_in_gemm_dtype=head_reads_copy)  # fmt: skip
             return self.head(self._drop(out, time_dim=0)).transpose(0, 1).contiguous(), state  # (B, T, V)
         x = self._drop(self.embedding(ids), time_dim=1)  # (B, T, E)
         if self.training and self.config.variational_dropout and self.config.layers > 1:

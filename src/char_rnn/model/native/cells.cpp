@@ -264,15 +264,18 @@ States start_states(const at::Tensor& h0, int64_t T, const at::Tensor& w_hh_t) {
 
 // ---- GRU ---------------------------------------------------------------------------------
 
-// One step: gi (B, 3H) input projections without bias, gh (B, 3H) = h @ W_hh^T.
+// One step: gi (B, 3H) input projections without bias, gh (B, 3H) = h @ W_hh^T. The
+// activations the backward pass reads (r, z, W_hn h + b_hn, n) are kept in the GEMM dtype:
+// under bf16 that halves the bytes this memory-bound pass writes and the backward pass reads,
+// as autocast keeps a layer's saved activations; the carried state stays fp32.
 template <typename G>
 void gru_step(const G* gi, const G* gh, const float* b_rz, const float* b_in, const float* b_hn,
-              const float* h, float* rz, float* ghn, float* n, float* h_next, G* h_next_c,
+              const float* h, G* rz, G* ghn, G* n, float* h_next, G* h_next_c,
               int64_t b0, int64_t b1, int64_t H) noexcept {
   for (int64_t b = b0; b < b1; ++b) {
     const G* gi_b = gi + b * 3 * H;
     const G* gh_b = gh + b * 3 * H;
-    float* rz_b = rz + b * 2 * H;
+    G* rz_b = rz + b * 2 * H;
     const int64_t o = b * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
@@ -281,10 +284,10 @@ void gru_step(const G* gi, const G* gh, const float* b_rz, const float* b_in, co
       float hn = load(gh_b, 2 * H + j) + b_hn[j];
       float nn = tanh_(load(gi_b, 2 * H + j) + b_in[j] + r * hn);
       float next = nn + z * (h[o + j] - nn);
-      rz_b[j] = r;
-      rz_b[H + j] = z;
-      ghn[o + j] = hn;
-      n[o + j] = nn;
+      store(rz_b, j, r);
+      store(rz_b, H + j, z);
+      store(ghn, o + j, hn);
+      store(n, o + j, nn);
       h_next[o + j] = next;
       store(h_next_c, o + j, next);
     }
@@ -294,49 +297,48 @@ void gru_step(const G* gi, const G* gh, const float* b_rz, const float* b_in, co
 template <typename G>
 std::vector<at::Tensor> gru_forward_impl(const at::Tensor& gi, const at::Tensor& h0, const at::Tensor& w_hh_t,
                                          const at::Tensor& b_ih, const at::Tensor& b_hh) {
-  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
-  auto f32 = h0.options().dtype(at::kFloat);
+  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1), BH = B * H;
   auto [hs, hs_c] = start_states(h0, T, w_hh_t);
-  auto rz = at::empty({T, B, 2 * H}, f32);
-  auto ghn = at::empty({T, B, H}, f32);
-  auto n = at::empty({T, B, H}, f32);
+  auto rz = at::empty({T, B, 2 * H}, w_hh_t.options());
+  auto ghn = at::empty({T, B, H}, w_hh_t.options());
+  auto n = at::empty({T, B, H}, w_hh_t.options());
   auto gh_out = at::empty({B, 3 * H}, w_hh_t.options());
   const RecurrentGemm recurrent(w_hh_t.t(), B, T);
   auto b_rz = (b_ih.slice(0, 0, 2 * H) + b_hh.slice(0, 0, 2 * H)).contiguous();
   auto b_in = b_ih.slice(0, 2 * H).contiguous();
   auto b_hn = b_hh.slice(0, 2 * H).contiguous();
+  const G* gi_p = ptr<G>(gi);
+  float* hs_p = ptr<float>(hs);
+  G *hs_c_p = ptr<G>(hs_c), *rz_p = ptr<G>(rz), *ghn_p = ptr<G>(ghn), *n_p = ptr<G>(n);
   for (int64_t t = 0; t < T; ++t) {
-    const auto gh = recurrent(hs_c[t], gh_out);
-    const G* gi_t = ptr<G>(gi[t]);
-    const G* gh_p = ptr<G>(gh);
-    float *h = ptr<float>(hs[t]), *rz_t = ptr<float>(rz[t]), *ghn_t = ptr<float>(ghn[t]);
-    float *n_t = ptr<float>(n[t]), *h_next = ptr<float>(hs[t + 1]);
-    G* h_next_c = ptr<G>(hs_c[t + 1]);
+    const auto gh = recurrent(hs_c[t], gh_out);  // held: oneDNN returns a new tensor
     for_rows(B, [&](int64_t b0, int64_t b1) {
-      gru_step<G>(gi_t, gh_p, ptr<float>(b_rz), ptr<float>(b_in), ptr<float>(b_hn), h, rz_t, ghn_t, n_t, h_next,
-                  h_next_c, b0, b1, H);
+      gru_step<G>(gi_p + t * 3 * BH, ptr<G>(gh), ptr<float>(b_rz), ptr<float>(b_in), ptr<float>(b_hn), hs_p + t * BH,
+                  rz_p + t * 2 * BH, ghn_p + t * BH, n_p + t * BH, hs_p + (t + 1) * BH, hs_c_p + (t + 1) * BH, b0,
+                  b1, H);
     });
   }
   return {hs, hs_c, rz, ghn, n};
 }
 
 // One backward step. dh_in = d_out[t] + dh_carry + dh_mm (the last from step t+1's GEMM).
-template <typename G>
-void gru_step_back(const float* d_out, float* dh_carry, const G* dh_mm, bool has_mm, const float* h,
-                   const float* rz, const float* ghn, const float* n, G* dg, G* dgi_n, float* db_hh,
+// d_out comes in fp32 or, where the layer's output went on in the GEMM dtype, in that.
+template <typename G, typename D>
+void gru_step_back(const D* d_out, float* dh_carry, const G* dh_mm, bool has_mm, const float* h,
+                   const G* rz, const G* ghn, const G* n, G* dg, G* dgi_n, float* db_hh,
                    float* db_in, int64_t b0, int64_t b1, int64_t H) noexcept {
   for (int64_t b = b0; b < b1; ++b) {
-    const float* rz_b = rz + b * 2 * H;
+    const G* rz_b = rz + b * 2 * H;
     G* dg_b = dg + b * 3 * H;
     const int64_t o = b * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      float dh = d_out[o + j] + dh_carry[o + j] + (has_mm ? load(dh_mm, o + j) : 0.0f);
-      float r = rz_b[j], z = rz_b[H + j], nn = n[o + j];
+      float dh = load(d_out, o + j) + dh_carry[o + j] + (has_mm ? load(dh_mm, o + j) : 0.0f);
+      float r = load(rz_b, j), z = load(rz_b, H + j), nn = load(n, o + j);
       float dz = dh * (h[o + j] - nn) * z * (1.0f - z);
       float dn = dh * (1.0f - z) * (1.0f - nn * nn);
       float dghn = dn * r;
-      float dr = dn * ghn[o + j] * r * (1.0f - r);
+      float dr = dn * load(ghn, o + j) * r * (1.0f - r);
       dh_carry[o + j] = dh * z;
       store(dg_b, j, dr);
       store(dg_b, H + j, dz);
@@ -350,11 +352,11 @@ void gru_step_back(const float* d_out, float* dh_carry, const G* dh_mm, bool has
   }
 }
 
-template <typename G>
+template <typename G, typename D>
 std::vector<at::Tensor> gru_backward_impl(const at::Tensor& d_out, const at::Tensor& hs, const at::Tensor& rz,
                                           const at::Tensor& ghn, const at::Tensor& n, const at::Tensor& w_hh) {
-  const int64_t T = n.size(0), B = n.size(1), H = n.size(2);
-  auto f32 = n.options();
+  const int64_t T = n.size(0), B = n.size(1), H = n.size(2), BH = B * H;
+  auto f32 = hs.options();
   auto dg = at::empty({T, B, 3 * H}, w_hh.options());
   auto dgi_n = at::empty({T, B, H}, w_hh.options());
   auto dh_carry = at::zeros({B, H}, f32);
@@ -363,13 +365,15 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& d_out, const at::Ten
   const RecurrentGemm recurrent(w_hh.t(), B, T);
   auto db_hh = at::zeros({kRowBlocks, 3 * H}, f32);  // partial sums, one row per block
   auto db_in = at::zeros({kRowBlocks, H}, f32);
+  const D* d_out_p = ptr<D>(d_out);
+  const float* hs_p = ptr<float>(hs);
+  const G *rz_p = ptr<G>(rz), *ghn_p = ptr<G>(ghn), *n_p = ptr<G>(n);
+  G *dg_p = ptr<G>(dg), *dgi_n_p = ptr<G>(dgi_n);
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float *d_out_t = ptr<float>(d_out[t]), *h = ptr<float>(hs[t]);
-    const float *rz_t = ptr<float>(rz[t]), *ghn_t = ptr<float>(ghn[t]), *n_t = ptr<float>(n[t]);
-    G *dg_t = ptr<G>(dg[t]), *dgi_n_t = ptr<G>(dgi_n[t]);
     for_row_blocks(B, [&](int64_t k, int64_t b0, int64_t b1) {
-      gru_step_back<G>(d_out_t, ptr<float>(dh_carry), ptr<G>(dh_mm), t < T - 1, h, rz_t, ghn_t, n_t, dg_t, dgi_n_t,
-                       ptr<float>(db_hh) + k * 3 * H, ptr<float>(db_in) + k * H, b0, b1, H);
+      gru_step_back<G, D>(d_out_p + t * BH, ptr<float>(dh_carry), ptr<G>(dh_mm), t < T - 1, hs_p + t * BH,
+                          rz_p + t * 2 * BH, ghn_p + t * BH, n_p + t * BH, dg_p + t * 3 * BH, dgi_n_p + t * BH,
+                          ptr<float>(db_hh) + k * 3 * H, ptr<float>(db_in) + k * H, b0, b1, H);
     });
     dh_mm = recurrent(dg[t], dh_out);
   }
@@ -380,14 +384,15 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& d_out, const at::Ten
 // ---- LSTM --------------------------------------------------------------------------------
 
 // One step: pre (B, 4H) input projections without bias, gh (B, 4H) = h @ W_hh^T; gate order
-// i, f, g, o. Writes the activated gates to act (B, 4H).
+// i, f, g, o. Writes the activated gates to act (B, 4H) and tanh(c') in the GEMM dtype, as
+// the GRU keeps its activations; the cell state, carried, stays fp32.
 template <typename G>
-void lstm_step(const G* pre, const G* gh, const float* bias, const float* c, float* act, float* c_next,
-               float* tanh_c, float* h_next, G* h_next_c, int64_t b0, int64_t b1, int64_t H) noexcept {
+void lstm_step(const G* pre, const G* gh, const float* bias, const float* c, G* act, float* c_next,
+               G* tanh_c, float* h_next, G* h_next_c, int64_t b0, int64_t b1, int64_t H) noexcept {
   for (int64_t b = b0; b < b1; ++b) {
     const G* p = pre + b * 4 * H;
     const G* q = gh + b * 4 * H;
-    float* a = act + b * 4 * H;
+    G* a = act + b * 4 * H;
     const int64_t o = b * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
@@ -398,12 +403,12 @@ void lstm_step(const G* pre, const G* gh, const float* bias, const float* c, flo
       float cn = f * c[o + j] + i * g;
       float tc = tanh_(cn);
       float hn = og * tc;
-      a[j] = i;
-      a[H + j] = f;
-      a[2 * H + j] = g;
-      a[3 * H + j] = og;
+      store(a, j, i);
+      store(a, H + j, f);
+      store(a, 2 * H + j, g);
+      store(a, 3 * H + j, og);
       c_next[o + j] = cn;
-      tanh_c[o + j] = tc;
+      store(tanh_c, o + j, tc);
       h_next[o + j] = hn;
       store(h_next_c, o + j, hn);
     }
@@ -413,40 +418,39 @@ void lstm_step(const G* pre, const G* gh, const float* bias, const float* c, flo
 template <typename G>
 std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& pre, const at::Tensor& h0, const at::Tensor& c0,
                                           const at::Tensor& w_hh_t, const at::Tensor& bias) {
-  const int64_t T = pre.size(0), B = pre.size(1), H = h0.size(1);
-  auto f32 = h0.options().dtype(at::kFloat);
+  const int64_t T = pre.size(0), B = pre.size(1), H = h0.size(1), BH = B * H;
   auto [hs, hs_c] = start_states(h0, T, w_hh_t);
-  auto cs = at::empty({T + 1, B, H}, f32);
-  auto act = at::empty({T, B, 4 * H}, f32);
-  auto tanh_c = at::empty({T, B, H}, f32);
+  auto cs = at::empty({T + 1, B, H}, h0.options().dtype(at::kFloat));
+  auto act = at::empty({T, B, 4 * H}, w_hh_t.options());
+  auto tanh_c = at::empty({T, B, H}, w_hh_t.options());
   auto gh_out = at::empty({B, 4 * H}, w_hh_t.options());
   const RecurrentGemm recurrent(w_hh_t.t(), B, T);
   cs[0].copy_(c0);
+  const G* pre_p = ptr<G>(pre);
+  float *hs_p = ptr<float>(hs), *cs_p = ptr<float>(cs);
+  G *hs_c_p = ptr<G>(hs_c), *act_p = ptr<G>(act), *tanh_c_p = ptr<G>(tanh_c);
   for (int64_t t = 0; t < T; ++t) {
-    const auto gh = recurrent(hs_c[t], gh_out);
-    const G *pre_t = ptr<G>(pre[t]), *gh_p = ptr<G>(gh);
-    float *c = ptr<float>(cs[t]), *act_t = ptr<float>(act[t]), *c_next = ptr<float>(cs[t + 1]);
-    float *tanh_c_t = ptr<float>(tanh_c[t]), *h_next = ptr<float>(hs[t + 1]);
-    G* h_next_c = ptr<G>(hs_c[t + 1]);
+    const auto gh = recurrent(hs_c[t], gh_out);  // held: oneDNN returns a new tensor
     for_rows(B, [&](int64_t b0, int64_t b1) {
-      lstm_step<G>(pre_t, gh_p, ptr<float>(bias), c, act_t, c_next, tanh_c_t, h_next, h_next_c, b0, b1, H);
+      lstm_step<G>(pre_p + t * 4 * BH, ptr<G>(gh), ptr<float>(bias), cs_p + t * BH, act_p + t * 4 * BH,
+                   cs_p + (t + 1) * BH, tanh_c_p + t * BH, hs_p + (t + 1) * BH, hs_c_p + (t + 1) * BH, b0, b1, H);
     });
   }
   return {hs, hs_c, cs, act, tanh_c};
 }
 
-template <typename G>
-void lstm_step_back(const float* d_out, const G* dh_mm, bool has_mm, float* dc,
-                    const float* c_prev, const float* act, const float* tanh_c, G* dg, float* db,
-                    int64_t b0, int64_t b1, int64_t H) noexcept {
+template <typename G, typename D>
+void lstm_step_back(const D* d_out, const G* dh_mm, bool has_mm, float* dc, const float* c_prev, const G* act,
+                    const G* tanh_c, G* dg, float* db, int64_t b0, int64_t b1, int64_t H) noexcept {
   for (int64_t b = b0; b < b1; ++b) {
-    const float* a = act + b * 4 * H;
+    const G* a = act + b * 4 * H;
     G* d = dg + b * 4 * H;
     const int64_t o = b * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      float dh = d_out[o + j] + (has_mm ? load(dh_mm, o + j) : 0.0f);
-      float i = a[j], f = a[H + j], g = a[2 * H + j], og = a[3 * H + j], tc = tanh_c[o + j];
+      float dh = load(d_out, o + j) + (has_mm ? load(dh_mm, o + j) : 0.0f);
+      float i = load(a, j), f = load(a, H + j), g = load(a, 2 * H + j), og = load(a, 3 * H + j);
+      float tc = load(tanh_c, o + j);
       float d_o = dh * tc * og * (1.0f - og);
       float dcc = dc[o + j] + dh * og * (1.0f - tc * tc);
       float d_i = dcc * g * i * (1.0f - i);
@@ -465,25 +469,26 @@ void lstm_step_back(const float* d_out, const G* dh_mm, bool has_mm, float* dc,
   }
 }
 
-template <typename G>
+template <typename G, typename D>
 std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& d_out, const at::Tensor& d_c_last,
                                            const at::Tensor& cs, const at::Tensor& act, const at::Tensor& tanh_c,
                                            const at::Tensor& w_hh) {
-  const int64_t T = tanh_c.size(0), B = tanh_c.size(1), H = tanh_c.size(2);
-  auto f32 = tanh_c.options();
+  const int64_t T = tanh_c.size(0), B = tanh_c.size(1), H = tanh_c.size(2), BH = B * H;
   auto dg = at::empty({T, B, 4 * H}, w_hh.options());
   auto dh_out = at::empty({B, H}, w_hh.options());
   auto dh_mm = dh_out;
   const RecurrentGemm recurrent(w_hh.t(), B, T);
   auto dc = d_c_last.to(at::kFloat).clone().contiguous();
-  auto db = at::zeros({kRowBlocks, 4 * H}, f32);  // partial sums, one row per block
+  auto db = at::zeros({kRowBlocks, 4 * H}, cs.options());  // partial sums, one row per block
+  const D* d_out_p = ptr<D>(d_out);
+  const float* cs_p = ptr<float>(cs);
+  const G *act_p = ptr<G>(act), *tanh_c_p = ptr<G>(tanh_c);
+  G* dg_p = ptr<G>(dg);
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float *d_out_t = ptr<float>(d_out[t]), *c_prev = ptr<float>(cs[t]);
-    const float *act_t = ptr<float>(act[t]), *tanh_c_t = ptr<float>(tanh_c[t]);
-    G* dg_t = ptr<G>(dg[t]);
     for_row_blocks(B, [&](int64_t k, int64_t b0, int64_t b1) {
-      lstm_step_back<G>(d_out_t, ptr<G>(dh_mm), t < T - 1, ptr<float>(dc), c_prev, act_t, tanh_c_t, dg_t,
-                        ptr<float>(db) + k * 4 * H, b0, b1, H);
+      lstm_step_back<G, D>(d_out_p + t * BH, ptr<G>(dh_mm), t < T - 1, ptr<float>(dc), cs_p + t * BH,
+                           act_p + t * 4 * BH, tanh_c_p + t * BH, dg_p + t * 4 * BH, ptr<float>(db) + k * 4 * H,
+                           b0, b1, H);
     });
     dh_mm = recurrent(dg[t], dh_out);
   }
@@ -491,45 +496,56 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& d_out, const at::Te
 }
 
 // The state tensors must be contiguous fp32 on the CPU; the GEMM input (the forward pass's
-// projections, where there is one) contiguous and in the weights' dtype, fp32 or bf16.
+// projections, where there is one) and the saved activations contiguous and in the weights'
+// dtype, fp32 or bf16; the output gradient contiguous, in fp32 or the weights' dtype.
 void check_inputs(const std::vector<at::Tensor>& fp32, const at::Tensor& weight,
-                  const at::Tensor* gemm_input = nullptr) {
+                  const std::vector<at::Tensor>& in_gemm_dtype = {}, const at::Tensor* d_out = nullptr) {
   for (const auto& t : fp32) {
     TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
                 "fused kernels take contiguous fp32 CPU state tensors");
   }
   TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16,
               "fused kernels run in fp32 or bf16");
-  TORCH_CHECK(gemm_input == nullptr ||
-                  (gemm_input->scalar_type() == weight.scalar_type() && gemm_input->is_contiguous()),
-              "the projections must be contiguous and in the weights' dtype");
+  for (const auto& t : in_gemm_dtype) {
+    TORCH_CHECK(t.scalar_type() == weight.scalar_type() && t.is_contiguous(),
+                "the projections and saved activations must be contiguous and in the weights' dtype");
+  }
+  TORCH_CHECK(d_out == nullptr || ((d_out->scalar_type() == at::kFloat || d_out->scalar_type() == weight.scalar_type())
+                                   && d_out->is_contiguous()),
+              "the output gradient must be contiguous, in fp32 or the weights' dtype");
 }
 
 #define DISPATCH(weight, call) \
   ((weight).scalar_type() == at::kBFloat16 ? call<Bf16> : call<float>)
 
+// The backward passes, by the GEMM dtype and the output gradient's.
+#define DISPATCH_BACKWARD(weight, d_out, call)                                             \
+  ((weight).scalar_type() == at::kBFloat16                                                 \
+       ? ((d_out).scalar_type() == at::kBFloat16 ? call<Bf16, Bf16> : call<Bf16, float>)   \
+       : call<float, float>)
+
 std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_hh_t, at::Tensor b_ih,
                                     at::Tensor b_hh) {
-  check_inputs({h0, b_ih, b_hh}, w_hh_t, &gi);
+  check_inputs({h0, b_ih, b_hh}, w_hh_t, {gi});
   return DISPATCH(w_hh_t, gru_forward_impl)(gi, h0, w_hh_t, b_ih, b_hh);
 }
 
 std::vector<at::Tensor> gru_backward(at::Tensor d_out, at::Tensor hs, at::Tensor rz, at::Tensor ghn, at::Tensor n,
                                      at::Tensor w_hh) {
-  check_inputs({d_out, hs, rz, ghn, n}, w_hh);
-  return DISPATCH(w_hh, gru_backward_impl)(d_out, hs, rz, ghn, n, w_hh);
+  check_inputs({hs}, w_hh, {rz, ghn, n}, &d_out);
+  return DISPATCH_BACKWARD(w_hh, d_out, gru_backward_impl)(d_out, hs, rz, ghn, n, w_hh);
 }
 
 std::vector<at::Tensor> lstm_forward(at::Tensor pre, at::Tensor h0, at::Tensor c0, at::Tensor w_hh_t,
                                      at::Tensor bias) {
-  check_inputs({h0, c0, bias}, w_hh_t, &pre);
+  check_inputs({h0, c0, bias}, w_hh_t, {pre});
   return DISPATCH(w_hh_t, lstm_forward_impl)(pre, h0, c0, w_hh_t, bias);
 }
 
 std::vector<at::Tensor> lstm_backward(at::Tensor d_out, at::Tensor d_c_last, at::Tensor cs, at::Tensor act,
                                       at::Tensor tanh_c, at::Tensor w_hh) {
-  check_inputs({d_out, cs, act, tanh_c}, w_hh);
-  return DISPATCH(w_hh, lstm_backward_impl)(d_out, d_c_last, cs, act, tanh_c, w_hh);
+  check_inputs({cs}, w_hh, {act, tanh_c}, &d_out);
+  return DISPATCH_BACKWARD(w_hh, d_out, lstm_backward_impl)(d_out, d_c_last, cs, act, tanh_c, w_hh);
 }
 
 }  // namespace
