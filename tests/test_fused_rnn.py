@@ -13,7 +13,7 @@ from conftest import run_cli, tiny_train_config
 from torch import nn
 
 from char_rnn.config import ModelConfig
-from char_rnn.model import fused_rnn, native
+from char_rnn.model import fused_rnn, head, native
 from char_rnn.model.network import CharRNNModel
 from char_rnn.run.checkpoint import load_weights, weights_bytes
 from char_rnn.run.storage import write_atomic
@@ -137,6 +137,62 @@ def test_weights_saved_from_the_fused_model_load_into_pytorch_layers(cell, tmp_p
     fused.eval()
     plain.eval()
     torch.testing.assert_close(fused(ids)[0], plain(ids)[0], rtol=1e-5, atol=1e-6)
+
+
+def _train_steps(model, steps=4):
+    torch.manual_seed(1)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    ids = torch.randint(0, model.config.vocab_size, (6, 20))
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = model(ids[:, :-1])
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_handing_on_the_layers_bf16_outputs_changes_no_number(cell, monkeypatch):
+    # Where no dropout comes between, a layer hands the head (and an LSTM the next layer) its bf16
+    # copy of its outputs instead of fp32 ones that they would cast: training must not change.
+    config = ModelConfig(vocab_size=17, embedding_dim=12, units=24, layers=2, cell=cell, dropout=0.0)
+    layers = {"gru": fused_rnn.gru_layer, "lstm": fused_rnn.lstm_layer}
+    results = []
+    for hand_on in (True, False):
+        for name, layer in layers.items():  # the last argument says whether to hand them on
+
+            def casting(*args, layer=layer):
+                return layer(*args[:-1], False)
+
+            monkeypatch.setattr(fused_rnn, f"{name}_layer", layer if hand_on else casting)
+        torch.manual_seed(0)
+        model = CharRNNModel(config)
+        model.fused_cpu = True
+        results.append(_train_steps(model))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_cpu_head_gives_nn_linears_numbers_under_bf16():
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 11)
+    x = torch.randn(7, 5, 48)
+    results = []
+    for forward in (linear, lambda xg: head.logits(linear, xg, torch.bfloat16)):
+        linear.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(xg)
+        out.float().square().sum().backward()
+        results.append((out, xg.grad, linear.bias.grad, linear.weight.grad))
+    (out, d_x, d_b, d_w), (out2, d_x2, d_b2, d_w2) = results
+    assert out.dtype == out2.dtype == torch.bfloat16
+    for a, b in ((out, out2), (d_x, d_x2), (d_b, d_b2)):
+        assert torch.equal(a, b)
+    # The weight's gradient runs as another GEMM layout: bf16's rounding apart, the same.
+    torch.testing.assert_close(d_w2, d_w, rtol=0.02, atol=1e-3 * d_w.abs().max().item())
 
 
 @pytest.fixture

@@ -374,7 +374,7 @@ def gru_layer(
     outputs come in the GEMM dtype, for a consumer that would cast them to it: the layer keeps
     that copy anyway, so the cast and its gradient's are saved."""
     compute_dtype = compute_dtype or w_hh.dtype
-    loops = loops or loops_for(x.dtype, compute_dtype)
+    loops = loops or loops_for(torch.promote_types(x.dtype, torch.float32), compute_dtype)
     return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
 
 
@@ -393,7 +393,7 @@ def lstm_layer(
     """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final
     states h and c (B, H, fp32); the arguments as for `gru_layer`."""
     compute_dtype = compute_dtype or w_hh.dtype
-    loops = loops or loops_for(x.dtype, compute_dtype)
+    loops = loops or loops_for(torch.promote_types(x.dtype, torch.float32), compute_dtype)
     return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
 
 
@@ -423,8 +423,9 @@ def run(
     `rnn.dropout` in training mode, as nn.GRU/nn.LSTM apply it, or with one mask for all
     positions along `shared_dropout_dim` (variational dropout). `loops` chooses the time
     loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the outputs come in the
-    GEMM dtype (bf16 under autocast), for a consumer that casts them to it; a layer hands the
-    next its outputs so wherever no dropout comes between them. The state stays fp32."""
+    GEMM dtype (bf16 under autocast), for a consumer that casts them to it; an LSTM layer
+    hands the next its outputs so wherever no dropout comes between them. The numbers are the
+    same either way; the state stays fp32."""
     weights = weights or {}
     is_lstm = isinstance(rnn, nn.LSTM)
     T, B, _ = x.shape
@@ -435,6 +436,9 @@ def run(
     compute_dtype = gemm_dtype(x.device) or rnn.weight_hh_l0.dtype
     acc = torch.promote_types(x.dtype, torch.float32)
     dropped_between = rnn.dropout > 0 and rnn.training
+    # An LSTM layer's input gradient is one GEMM, whose bf16 result the layer below would
+    # widen to fp32 exactly; a GRU's sums two, in fp32, which bf16 outputs would round.
+    hand_on_between = is_lstm and not dropped_between
     # The layers choose their own dtypes; autocast must not recast inside them.
     with torch.autocast(x.device.type, enabled=False):
         h_last, c_last = [], []
@@ -443,7 +447,7 @@ def run(
             names = [f"{kind}_l{layer}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             params = [weights.get(name, getattr(rnn, name)) for name in names]
             top = layer == L - 1
-            in_gemm_dtype = out_in_gemm_dtype if top else not dropped_between
+            in_gemm_dtype = out_in_gemm_dtype if top else hand_on_between
             if is_lstm:
                 h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
                 out, h, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops, in_gemm_dtype)

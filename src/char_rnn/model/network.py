@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..config import ModelConfig
-from . import fused_rnn
+from . import fused_rnn, head
 from .dropout import dropout
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -68,7 +68,9 @@ class CharRNNModel(nn.Module):
             head_reads_copy = not (self.training and self.config.dropout > 0)
             out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent, shared_dropout_dim=shared,
                                        out_in_gemm_dtype=head_reads_copy)  # fmt: skip
-            return self.head(self._drop(out, time_dim=0)).transpose(0, 1).contiguous(), state  # (B, T, V)
+            top = self._drop(out, time_dim=0)
+            logits = head.logits(self.head, top, fused_rnn.gemm_dtype(top.device))
+            return logits.transpose(0, 1).contiguous(), state  # (B, T, V)
         x = self._drop(self.embedding(ids), time_dim=1)  # (B, T, E)
         if self.training and self.config.variational_dropout and self.config.layers > 1:
             out, state = self._layer_by_layer(x, state, recurrent)  # (B, T, H)
