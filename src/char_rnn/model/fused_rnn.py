@@ -357,43 +357,29 @@ class _LSTMLayer(torch.autograd.Function):
         )
 
 
-def gru_layer(
-    x,
-    h0,
-    w_ih,
-    w_hh,
-    b_ih,
-    b_hh,
-    compute_dtype: torch.dtype | None = None,
-    loops=None,
-    out_in_gemm_dtype=False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops):
+    """A layer's defaults: the GEMMs in the weights' dtype, and `loops_for` the dtypes (x may
+    be the layer below's outputs in the GEMM dtype; the state is fp32 or wider)."""
+    compute_dtype = compute_dtype or w_hh.dtype
+    return compute_dtype, loops or loops_for(torch.promote_types(x.dtype, torch.float32), compute_dtype)
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None,
+              out_in_gemm_dtype=False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H) and the final state
     (B, H, fp32). The GEMMs run in `compute_dtype` (default: the weights' dtype); `loops`
     chooses the time loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the
     outputs come in the GEMM dtype, for a consumer that would cast them to it: the layer keeps
     that copy anyway, so the cast and its gradient's are saved."""
-    compute_dtype = compute_dtype or w_hh.dtype
-    loops = loops or loops_for(torch.promote_types(x.dtype, torch.float32), compute_dtype)
+    compute_dtype, loops = _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops)
     return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
 
 
-def lstm_layer(
-    x,
-    h0,
-    c0,
-    w_ih,
-    w_hh,
-    b_ih,
-    b_hh,
-    compute_dtype: torch.dtype | None = None,
-    loops=None,
-    out_in_gemm_dtype=False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None,
+               out_in_gemm_dtype=False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final
     states h and c (B, H, fp32); the arguments as for `gru_layer`."""
-    compute_dtype = compute_dtype or w_hh.dtype
-    loops = loops or loops_for(torch.promote_types(x.dtype, torch.float32), compute_dtype)
+    compute_dtype, loops = _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops)
     return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
 
 
