@@ -252,7 +252,8 @@ def test_scoring_one_text_counts_every_character_after_a_newline(names_run, tmp_
     score = model.score("To be")
     assert score.chars == list("To be") and len(score.bits) == 5
     ids = np.concatenate([model.vocab.encode("\n"), model.vocab.encode("To be")])
-    logits, _ = model.model(torch.tensor(ids[:-1], dtype=torch.long)[None])
+    with torch.no_grad():
+        logits, _ = model.model(torch.tensor(ids[:-1], dtype=torch.long)[None])
     nats = F.cross_entropy(logits[0], torch.tensor(ids[1:], dtype=torch.long), reduction="sum")
     assert score.total_bits == pytest.approx(float(nats) / math.log(2), rel=1e-5)
 
