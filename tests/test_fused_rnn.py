@@ -1,6 +1,7 @@
 """The fused CPU GRU/LSTM: the same function as nn.GRU/nn.LSTM, its gradients, and the same
 learning under bf16 as under fp32."""
 
+import functools
 import shutil
 import signal
 import subprocess
@@ -173,6 +174,22 @@ def test_handing_on_the_layers_bf16_outputs_changes_no_number(cell, monkeypatch)
         results.append(_train_steps(model))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_faster_weight_gradient_layout_gives_the_same_gradients_to_bf16s_rounding(cell):
+    # Taken where a run's numbers depend on the thread count anyway (train/loop.py).
+    torch.manual_seed(0)
+    rnn = RNNS[cell](24, 40, num_layers=2)
+    x = torch.randn(30, 5, 24)
+    state = _state(cell, 2, 5, 40)
+    results = []
+    for invariant in (True, False):
+        forward = functools.partial(fused_rnn.run, rnn, thread_invariant=invariant)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(_outputs_and_grads(rnn, cell, x, state, forward))
+    for a, b in zip(*results, strict=True):
+        assert (a - b).abs().max() / b.abs().max().clamp_min(1e-3) < 0.02
 
 
 def test_the_cpu_head_gives_nn_linears_numbers_under_bf16():

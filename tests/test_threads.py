@@ -13,9 +13,17 @@ from conftest import TINY_FLAGS, TINY_MODEL, run_cli, tiny_train_config
 
 from char_rnn.busy import busy_cores, max_busy
 from char_rnn.cli import main
+from char_rnn.config import ModelConfig
 from char_rnn.errors import UsageError
 from char_rnn.run.checkpoint import parse_trainer
-from char_rnn.threads import THREADS_ENV, ThreadChoice, candidate_counts, thread_choice
+from char_rnn.threads import (
+    THREADS_ENV,
+    ThreadChoice,
+    candidate_counts,
+    depends_on_thread_count,
+    thread_choice,
+)
+from char_rnn.train import loop
 from char_rnn.train.loop import train
 
 two_cores = pytest.mark.skipif(
@@ -103,6 +111,44 @@ def test_busy_processes_run_in_the_block_and_are_gone_after_it_even_on_an_error(
     assert all(p.poll() is not None for p in processes)
     with pytest.raises(UsageError, match="4 per core"), busy_cores(max_busy() + 1):
         pass
+
+
+def test_depends_on_thread_count_tells_figures_that_follow_the_count_from_those_that_do_not():
+    def counted():
+        return [torch.tensor(torch.get_num_threads())]
+
+    def fixed():
+        return [torch.arange(5.0).sum()]
+
+    assert depends_on_thread_count(counted, (1, 2))
+    assert not depends_on_thread_count(fixed, (1, 2))
+
+
+@pytest.mark.skipif(len(candidate_counts()) < 2, reason="one core: a run's thread count cannot change")
+def test_a_run_whose_numbers_depend_on_the_thread_count_resumes_with_the_same_gradient_layout(
+    small_corpus, tmp_path, monkeypatch
+):
+    # Such a run's fused layers take their faster weight-gradient layout (its rounding is not
+    # the other's); the answer is in the checkpoints, so a resume must take the same layout.
+    monkeypatch.setattr(loop, "depends_on_thread_count", lambda figures, counts: True)
+    monkeypatch.setattr(loop.recurrent_path, "cached_path", lambda shape: loop.recurrent_path.FUSED)
+    # Large enough that the two layouts round differently (checked at the end).
+    model = ModelConfig(embedding_dim=32, units=64, layers=2, cell="lstm", dropout=0.0)
+    common = dict(precision="bf16", epochs=50, max_steps=24, batch_size=32, seq_length=128)
+    train(model, tiny_train_config(small_corpus, tmp_path / "whole", **common))
+    for stop in (12, 24):
+        train(
+            model,
+            tiny_train_config(
+                small_corpus, tmp_path / "pieces", resume=stop > 12, **{**common, "max_steps": stop}
+            ),
+        )
+    whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert whole == (tmp_path / "pieces" / "model.safetensors").read_bytes()
+    # The layouts' rounding differs here, or the resume above would prove nothing.
+    monkeypatch.setattr(loop, "depends_on_thread_count", lambda figures, counts: False)
+    train(model, tiny_train_config(small_corpus, tmp_path / "invariant", **common))
+    assert whole != (tmp_path / "invariant" / "model.safetensors").read_bytes()
 
 
 def test_a_run_records_whether_its_numbers_depend_on_the_thread_count(small_corpus, tmp_path):

@@ -27,7 +27,7 @@ import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -87,6 +87,16 @@ def using_threads(threads: int) -> Iterator[None]:
     finally:
         if threads != previous:
             torch.set_num_threads(previous)
+
+
+def depends_on_thread_count(figures: Callable[[], Sequence[torch.Tensor]], counts: Sequence[int]) -> bool:
+    """Whether `figures` (a training step's loss and gradients, say) come out other than bit
+    for bit with the fewest and with the most of `counts` threads."""
+    with using_threads(counts[0]):
+        fewest = figures()
+    with using_threads(counts[-1]):
+        most = figures()
+    return not all(torch.equal(a, b) for a, b in zip(fewest, most, strict=True))
 
 
 class ThreadChoice:

@@ -78,6 +78,12 @@ class TorchLoops:
         return matrix.t()
 
     @staticmethod
+    def weight_gradient(d_gates: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """d_gates^T @ inputs, (G, T*B) @ (T*B, K), where its numbers may depend on the thread
+        count: here the same GEMM as with `transposed`."""
+        return torch.mm(d_gates.t(), inputs)
+
+    @staticmethod
     def gru_forward(gi, h0, w_hh_c, b_ih, b_hh):
         T, B, _ = gi.shape
         H = h0.shape[1]
@@ -228,6 +234,17 @@ class NativeLoops:
             return self.module.transpose16(matrix)
         return matrix.t()
 
+    def weight_gradient(self, d_gates: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """d_gates^T @ inputs where its numbers may depend on the thread count. In bf16, as
+        (inputs^T @ d_gates)^T, transposing the inputs (T*B, K) and the result (K, G) instead of
+        the gradients (T*B, G): the tutorial's step measured 4 % faster. oneDNN then splits
+        these GEMMs' sums differently on 1 and on 2 threads, which the layout of `transposed`
+        does not, so the layers use this only where a run's numbers depend on the count anyway."""
+        if d_gates.dtype != torch.bfloat16:
+            return torch.mm(d_gates.t(), inputs)
+        transpose = self.module.transpose16
+        return transpose(torch.mm(transpose(inputs.contiguous()), d_gates))
+
     def gru_forward(self, gi, h0, w_hh_c, b_ih, b_hh):
         return self.module.gru_forward(gi, h0.contiguous(), w_hh_c.t(), b_ih.float(), b_hh.float())
 
@@ -263,7 +280,9 @@ def _outputs_gradient(d_out, d_last, outputs):
 
 class _GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype):
+    def forward(
+        ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype, thread_invariant
+    ):
         T, B, E = x.shape
         H = h0.shape[1]
         w_ih_c, w_hh_c = w_ih.to(compute_dtype), w_hh.to(compute_dtype)
@@ -275,6 +294,7 @@ class _GRULayer(torch.autograd.Function):
         ctx.buffers = (hs, hs_c, rz, ghn, n)
         ctx.loops = loops
         ctx.dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+        ctx.thread_invariant = thread_invariant
         ctx.set_materialize_grads(False)
         return (hs_c if out_in_gemm_dtype else hs)[1:], hs[T].clone()
 
@@ -296,20 +316,32 @@ class _GRULayer(torch.autograd.Function):
             d_x = torch.mm(dgi_rz, w_ih_c[: 2 * H]).to(x_dtype)
             d_x += torch.mm(dgi_n_all, w_ih_c[2 * H :]).to(x_dtype)
             d_x = d_x.view(T, B, -1)
-        dg_t = ctx.loops.transposed(dg_all) if any(ctx.needs_input_grad[2:4]) else None  # (3H, T*B)
-        if ctx.needs_input_grad[2]:
-            d_w_ih = torch.cat(
-                (torch.mm(dg_t[: 2 * H], x_c).to(w_ih_dtype), torch.mm(dgi_n_all.t(), x_c).to(w_ih_dtype))
-            )
-        if ctx.needs_input_grad[3]:
-            d_w_hh = torch.mm(dg_t, hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
+        h_prev = hs_c[:T].reshape(T * B, H)
+        if not ctx.thread_invariant:
+            weight_gradient = ctx.loops.weight_gradient
+            if ctx.needs_input_grad[2]:
+                d_w_ih = torch.cat((weight_gradient(dgi_rz, x_c), weight_gradient(dgi_n_all, x_c))).to(
+                    w_ih_dtype
+                )
+            if ctx.needs_input_grad[3]:
+                d_w_hh = weight_gradient(dg_all, h_prev).to(w_hh_dtype)
+        elif any(ctx.needs_input_grad[2:4]):
+            dg_t = ctx.loops.transposed(dg_all)  # (3H, T*B)
+            if ctx.needs_input_grad[2]:
+                d_w_ih = torch.cat((torch.mm(dg_t[: 2 * H], x_c), torch.mm(dgi_n_all.t(), x_c))).to(
+                    w_ih_dtype
+                )
+            if ctx.needs_input_grad[3]:
+                d_w_hh = torch.mm(dg_t, h_prev).to(w_hh_dtype)
         d_b_ih = torch.cat((d_b_rzn[: 2 * H], d_b_in)).to(b_ih_dtype)
-        return d_x, dh0.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_rzn.to(b_hh_dtype), None, None, None
+        return d_x, dh0.to(h0_dtype), d_w_ih, d_w_hh, d_b_ih, d_b_rzn.to(b_hh_dtype), None, None, None, None
 
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype):
+    def forward(
+        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype, thread_invariant
+    ):
         T, B, E = x.shape
         H = h0.shape[1]
         acc = torch.promote_types(x.dtype, torch.float32)  # as in _GRULayer
@@ -322,6 +354,7 @@ class _LSTMLayer(torch.autograd.Function):
         ctx.buffers = (hs_c, cs, gates, tanh_c)
         ctx.loops = loops
         ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+        ctx.thread_invariant = thread_invariant
         ctx.set_materialize_grads(False)
         return (hs_c if out_in_gemm_dtype else hs)[1:], hs[T].clone(), cs[T].clone()
 
@@ -338,11 +371,18 @@ class _LSTMLayer(torch.autograd.Function):
         d_x = d_w_ih = d_w_hh = None
         if ctx.needs_input_grad[0]:
             d_x = torch.mm(dg_all, w_ih_c).to(x_dtype).view(T, B, -1)
-        dg_t = ctx.loops.transposed(dg_all) if any(ctx.needs_input_grad[3:5]) else None  # (4H, T*B)
-        if ctx.needs_input_grad[3]:
-            d_w_ih = torch.mm(dg_t, x_c).to(w_ih_dtype)
-        if ctx.needs_input_grad[4]:
-            d_w_hh = torch.mm(dg_t, hs_c[:T].reshape(T * B, H)).to(w_hh_dtype)
+        h_prev = hs_c[:T].reshape(T * B, H)
+        if not ctx.thread_invariant:
+            if ctx.needs_input_grad[3]:
+                d_w_ih = ctx.loops.weight_gradient(dg_all, x_c).to(w_ih_dtype)
+            if ctx.needs_input_grad[4]:
+                d_w_hh = ctx.loops.weight_gradient(dg_all, h_prev).to(w_hh_dtype)
+        elif any(ctx.needs_input_grad[3:5]):
+            dg_t = ctx.loops.transposed(dg_all)  # (4H, T*B)
+            if ctx.needs_input_grad[3]:
+                d_w_ih = torch.mm(dg_t, x_c).to(w_ih_dtype)
+            if ctx.needs_input_grad[4]:
+                d_w_hh = torch.mm(dg_t, h_prev).to(w_hh_dtype)
         return (
             d_x,
             dh0.to(h0_dtype),
@@ -351,6 +391,7 @@ class _LSTMLayer(torch.autograd.Function):
             d_w_hh,
             d_b.to(b_ih_dtype),
             d_b.to(b_hh_dtype),
+            None,
             None,
             None,
             None,
@@ -365,22 +406,25 @@ def _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops):
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None,
-              out_in_gemm_dtype=False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+              out_in_gemm_dtype=False, thread_invariant=True) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H) and the final state
     (B, H, fp32). The GEMMs run in `compute_dtype` (default: the weights' dtype); `loops`
     chooses the time loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the
     outputs come in the GEMM dtype, for a consumer that would cast them to it: the layer keeps
-    that copy anyway, so the cast and its gradient's are saved."""
+    that copy anyway, so the cast and its gradient's are saved. With `thread_invariant` off, the
+    weight gradients may take a faster GEMM layout whose numbers depend on the thread count."""
     compute_dtype, loops = _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops)
-    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
+    return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype,
+                           thread_invariant)  # fmt: skip
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None,
-               out_in_gemm_dtype=False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+               out_in_gemm_dtype=False, thread_invariant=True) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final
     states h and c (B, H, fp32); the arguments as for `gru_layer`."""
     compute_dtype, loops = _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops)
-    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype)
+    return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype,
+                            thread_invariant)  # fmt: skip
 
 
 def supports(rnn: nn.Module) -> bool:
@@ -399,6 +443,7 @@ def run(
     weights=None,
     shared_dropout_dim=None,
     out_in_gemm_dtype=False,
+    thread_invariant=True,
 ):
     """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters,
     or with `weights` in their place (a dict by parameter name, as torch.func.functional_call
@@ -411,7 +456,8 @@ def run(
     loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the outputs come in the
     GEMM dtype (bf16 under autocast), for a consumer that casts them to it; an LSTM layer
     hands the next its outputs so wherever no dropout comes between them. The numbers are the
-    same either way; the state stays fp32."""
+    same either way; the state stays fp32. With `thread_invariant` off, the weight gradients
+    may take a faster layout whose numbers depend on the thread count (`gru_layer`)."""
     weights = weights or {}
     is_lstm = isinstance(rnn, nn.LSTM)
     T, B, _ = x.shape
@@ -436,11 +482,13 @@ def run(
             in_gemm_dtype = out_in_gemm_dtype if top else hand_on_between
             if is_lstm:
                 h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
-                out, h, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops, in_gemm_dtype)
+                out, h, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops, in_gemm_dtype,
+                                       thread_invariant)  # fmt: skip
                 c_last.append(c)
             else:
+                h0 = state[layer].to(acc)
                 out, h = gru_layer(
-                    layer_in, state[layer].to(acc), *params, compute_dtype, loops, in_gemm_dtype
+                    layer_in, h0, *params, compute_dtype, loops, in_gemm_dtype, thread_invariant
                 )
             h_last.append(h)
             if not top and dropped_between:

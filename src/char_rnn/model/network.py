@@ -49,6 +49,10 @@ class CharRNNModel(nn.Module):
         # (measured faster than nn.GRU/nn.LSTM: README, Training speed); False keeps
         # PyTorch's own layers, for comparisons. cuDNN stays in charge on CUDA.
         self.fused_cpu = fused_rnn.supports(self.rnn)
+        # False lets the fused layers compute weight gradients in a faster layout whose
+        # numbers depend on the thread count: training sets it where a run's numbers depend on
+        # the count anyway, which it checks before its first step (train/loop.py).
+        self.thread_invariant = True
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         c = self.config
@@ -67,7 +71,8 @@ class CharRNNModel(nn.Module):
             # of the outputs instead of casting them (the same numbers, a cast saved each way).
             head_reads_copy = not (self.training and self.config.dropout > 0)
             out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent, shared_dropout_dim=shared,
-                                       out_in_gemm_dtype=head_reads_copy)  # fmt: skip
+                                       out_in_gemm_dtype=head_reads_copy,
+                                       thread_invariant=self.thread_invariant)  # fmt: skip
             top = self._drop(out, time_dim=0)
             logits = head.logits(self.head, top, fused_rnn.gemm_dtype(top.device))
             return logits.transpose(0, 1).contiguous(), state  # (B, T, V)

@@ -40,7 +40,14 @@ from ..model import native
 from ..model.network import CharRNNModel, State, detach_state, state_from_tensors, state_tensors
 from ..run.checkpoint import TrainerState, load_weights, parse_trainer
 from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
-from ..threads import ThreadChoice, candidate_counts, pinned_threads, thread_choice, using_threads
+from ..threads import (
+    ThreadChoice,
+    candidate_counts,
+    depends_on_thread_count,
+    pinned_threads,
+    thread_choice,
+    using_threads,
+)
 from . import recurrent_path
 from .average import WeightAverage
 from .board import Board, open_board
@@ -315,9 +322,11 @@ class _Trainer:
             return
         state = self.state
         if state.threads_invariant is None:
-            fewest, _ = self._trial_step(x, y, candidates[0])
-            most, _ = self._trial_step(x, y, candidates[-1])
-            state.threads_invariant = all(torch.equal(a, b) for a, b in zip(fewest, most, strict=True))
+
+            def step_figures() -> list[torch.Tensor]:
+                return self._trial_step(x, y, torch.get_num_threads())[0]
+
+            state.threads_invariant = not depends_on_thread_count(step_figures, candidates)
             if not state.threads_invariant:
                 seconds = {n: self._trial_step(x, y, n)[1] for n in candidates}
                 state.threads = min(seconds, key=lambda n: seconds[n])
@@ -326,6 +335,9 @@ class _Trainer:
                     "that a resume stays exact",
                     state.threads,
                 )
+        # Where they depend on it anyway, the fused layers' faster weight-gradient layout costs
+        # nothing; the answer is in the checkpoints, so a resume takes the same layout.
+        self.model.thread_invariant = state.threads_invariant
         self.threads = ThreadChoice(state.threads, candidates=candidates)
 
     def _trial_step(self, x: torch.Tensor, y: torch.Tensor, threads: int) -> tuple[list[torch.Tensor], float]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..device import autocast, keep_freed_memory
 from ..model.network import CharRNNModel
-from ..threads import thread_choice
+from ..threads import candidate_counts, depends_on_thread_count, thread_choice
 from .schedule import adam
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
@@ -78,7 +78,9 @@ def measure_training(
 
     Each step runs with the thread count training would use (threads.py): `threads` pins it;
     otherwise the untimed steps go on until the first choice is made, as it is at the start
-    of a training run, and the timed ones run with it (and with any later choice)."""
+    of a training run, and the timed ones run with it (and with any later choice). As in
+    training, where a step's numbers depend on the thread count, the fused layers compute
+    the weight gradients in their faster layout."""
     if model_config.vocab_size < 1:
         raise ValueError("model_config.vocab_size must be set")
     keep_freed_memory()  # as train() does
@@ -101,6 +103,21 @@ def measure_training(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
+    def step_figures() -> list[torch.Tensor]:  # a step's loss and gradients, all else kept
+        rng = torch.get_rng_state()
+        with autocast(device, dtype):
+            logits, _ = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        figures = [loss.detach(), *(p.grad.clone() for p in model.parameters())]
+        optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        return figures
+
+    candidates = candidate_counts()
+    if threads is None and len(candidates) > 1:  # as a training run finds it (train/loop.py)
+        model.thread_invariant = not depends_on_thread_count(step_figures, candidates)
     choice = thread_choice(threads)
 
     def timed_step() -> None:
