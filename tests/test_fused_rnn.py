@@ -65,6 +65,13 @@ def _outputs_and_grads(rnn, cell, x, state, forward):
     return [out, *finals, xg.grad, *(p.grad for p in rnn.parameters())]
 
 
+def _two_layers(cell, steps, batch):
+    """A seeded 2-layer rnn (24 -> 40: widths that are not multiples of the vector length
+    exercise the loops' tails), inputs (steps, batch, 24) and a state."""
+    torch.manual_seed(0)
+    return RNNS[cell](24, 40, num_layers=2), torch.randn(steps, batch, 24), _state(cell, 2, batch, 40)
+
+
 @pytest.mark.parametrize("loops", LOOPS)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("layers", [1, 2])
@@ -82,11 +89,7 @@ def test_forward_and_gradients_equal_pytorch_layers_in_fp32(cell, layers, loops)
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_compiled_loops_match_pytorch_loops_under_bf16(cell):
-    # Widths that are not multiples of the vector length exercise the loops' tails.
-    torch.manual_seed(0)
-    rnn = RNNS[cell](24, 40, num_layers=2)
-    x = torch.randn(30, 5, 24)
-    state = _state(cell, 2, 5, 40)
+    rnn, x, state = _two_layers(cell, 30, 5)
     results = {}
     for name, make in LOOPS.items():
         chosen = make()
@@ -179,10 +182,7 @@ def test_handing_on_the_layers_bf16_outputs_changes_no_number(cell, monkeypatch)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_the_faster_weight_gradient_layout_gives_the_same_gradients_to_bf16s_rounding(cell):
     # Taken where a run's numbers depend on the thread count anyway (train/loop.py).
-    torch.manual_seed(0)
-    rnn = RNNS[cell](24, 40, num_layers=2)
-    x = torch.randn(30, 5, 24)
-    state = _state(cell, 2, 5, 40)
+    rnn, x, state = _two_layers(cell, 30, 5)
     results = []
     for invariant in (True, False):
         forward = functools.partial(fused_rnn.run, rnn, thread_invariant=invariant)
@@ -262,10 +262,7 @@ def test_the_compiled_transpose_equals_pytorchs(rows, cols):
 def test_the_compiled_loops_give_the_same_numbers_on_any_thread_count(cell):
     # The gate loops split a step's rows among the threads and sum the bias gradients in fixed
     # blocks, so a resumed run that gets another thread count still repeats the numbers.
-    torch.manual_seed(0)
-    rnn = RNNS[cell](24, 40, num_layers=2)
-    x = torch.randn(20, 37, 24)
-    state = _state(cell, 2, 37, 40)
+    rnn, x, state = _two_layers(cell, 20, 37)
     results = []
     for threads in (1, 2, 3):
         with using_threads(threads), torch.autocast("cpu", dtype=torch.bfloat16):
