@@ -94,23 +94,22 @@ def measure_training(
     x = torch.randint(0, model_config.vocab_size, shape, generator=generator)
     y = torch.randint(0, model_config.vocab_size, shape, generator=generator)
 
-    def step() -> None:
+    def backward() -> torch.Tensor:  # the loss, its gradients in the parameters
         with autocast(device, dtype):
             logits, _ = model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return loss
+
+    def step() -> None:
+        backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
     def step_figures() -> list[torch.Tensor]:  # a step's loss and gradients, all else kept
         rng = torch.get_rng_state()
-        with autocast(device, dtype):
-            logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        figures = [loss.detach(), *(p.grad.clone() for p in model.parameters())]
+        figures = [backward().detach(), *(p.grad.clone() for p in model.parameters())]
         optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)
         return figures
