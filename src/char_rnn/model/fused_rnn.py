@@ -435,16 +435,8 @@ def supports(rnn: nn.Module) -> bool:
     return rnn.bias and not rnn.bidirectional and getattr(rnn, "proj_size", 0) == 0
 
 
-def run(
-    rnn: nn.GRU | nn.LSTM,
-    x: torch.Tensor,
-    state=None,
-    loops=None,
-    weights=None,
-    shared_dropout_dim=None,
-    out_in_gemm_dtype=False,
-    thread_invariant=True,
-):
+def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=None, shared_dropout_dim=None,
+        out_in_gemm_dtype=False, thread_invariant=True):  # fmt: skip
     """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters,
     or with `weights` in their place (a dict by parameter name, as torch.func.functional_call
     takes them).

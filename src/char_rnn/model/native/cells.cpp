@@ -266,8 +266,8 @@ States start_states(const at::Tensor& h0, int64_t T, const at::Tensor& w_hh_t) {
 
 // One step: gi (B, 3H) input projections without bias, gh (B, 3H) = h @ W_hh^T. The
 // activations the backward pass reads (r, z, W_hn h + b_hn, n) are kept in the GEMM dtype:
-// under bf16 that halves the bytes this memory-bound pass writes and the backward pass reads,
-// as autocast keeps a layer's saved activations; the carried state stays fp32.
+// under bf16 that halves their memory and the bytes written here and read back there, as
+// autocast keeps a layer's saved activations; the carried state stays fp32.
 template <typename G>
 void gru_step(const G* gi, const G* gh, const float* b_rz, const float* b_in, const float* b_hn,
               const float* h, G* rz, G* ghn, G* n, float* h_next, G* h_next_c,
