@@ -103,6 +103,28 @@ def test_compiled_loops_match_pytorch_loops_under_bf16(cell):
         assert (a - b).abs().max() / scale < 0.02
 
 
+@pytest.mark.parametrize("steps", [5, 20])  # at::mm, then oneDNN on reordered weights (>= 16)
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_wide_layers_backward_gemm_in_column_parts_matches_pytorch_loops(cell, autocast, steps):
+    # From 384 units a thread, the compiled backward pass splits its recurrent GEMM's output
+    # columns among the threads (cells.cpp, ColumnParts): on two threads, 790 units run as two
+    # parts of 395 (not a multiple of the vector length, so the loops' tails run too).
+    torch.manual_seed(0)
+    rnn = RNNS[cell](8, 790)
+    x, state = torch.randn(steps, 3, 8), _state(cell, 1, 3, 790)
+    results = {}
+    for name, make in LOOPS.items():
+        chosen = make()
+        with using_threads(2), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            results[name] = _outputs_and_grads(
+                rnn, cell, x, state, lambda xg, s, chosen=chosen: fused_rnn.run(rnn, xg, s, loops=chosen)
+            )
+    for a, b in zip(results["native"], results["torch"], strict=True):
+        scale = b.abs().max().clamp_min(1e-3)
+        assert (a - b).abs().max() / scale < (0.02 if autocast else 1e-5)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_state_carried_across_chunks_equals_the_whole_sequence_under_bf16(cell):
     torch.manual_seed(0)
