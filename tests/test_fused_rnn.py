@@ -277,6 +277,8 @@ def test_the_compiled_transpose_equals_pytorchs(rows, cols):
     # Blocks of 16 x 16 in strips of 32 rows; every size around them exercises the tails.
     matrix = torch.randn(rows, cols).to(torch.bfloat16)
     assert torch.equal(native.kernels().transpose16(matrix), matrix.t().contiguous())
+    # and widened to fp32 on the way, as the weight gradients are
+    assert torch.equal(native.kernels().transpose16(matrix, widen=True), matrix.t().float())
 
 
 @pytest.mark.skipif(native.kernels() is None, reason="the compiled loops could not be built here")

@@ -33,7 +33,7 @@ Shapes are time-major inside: x (T, B, E), outputs (T, B, H).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -78,10 +78,11 @@ class TorchLoops:
         return matrix.t()
 
     @staticmethod
-    def weight_gradient(d_gates: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """d_gates^T @ inputs, (G, T*B) @ (T*B, K), where its numbers may depend on the thread
-        count: here the same GEMM as with `transposed`."""
-        return torch.mm(d_gates.t(), inputs)
+    def weight_gradient(d_gates: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """D^T @ inputs, (G, T*B) @ (T*B, K), for D the gates' gradients given as blocks of
+        columns, where its numbers may depend on the thread count: here the same GEMMs as with
+        `transposed`."""
+        return _stacked([torch.mm(d.t(), inputs) for d in d_gates], dim=0)
 
     @staticmethod
     def gru_forward(gi, h0, w_hh_c, b_ih, b_hh):
@@ -234,16 +235,18 @@ class NativeLoops:
             return self.module.transpose16(matrix)
         return matrix.t()
 
-    def weight_gradient(self, d_gates: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """d_gates^T @ inputs where its numbers may depend on the thread count. In bf16, as
-        (inputs^T @ d_gates)^T, transposing the inputs (T*B, K) and the result (K, G) instead of
-        the gradients (T*B, G): the tutorial's step measured 1.4 % faster. oneDNN then splits
-        these GEMMs' sums differently on 1 and on 2 threads, which the layout of `transposed`
-        does not, so the layers use this only where a run's numbers depend on the count anyway."""
-        if d_gates.dtype != torch.bfloat16:
-            return torch.mm(d_gates.t(), inputs)
+    def weight_gradient(self, d_gates: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """D^T @ inputs as TorchLoops's, where its numbers may depend on the thread count. In
+        bf16, as (inputs^T @ D)^T, transposing the inputs (T*B, K) once and the result (K, G),
+        widened to fp32 in the same pass, instead of the gradients (T*B, G): the tutorial's step
+        measured 1.4 % faster. oneDNN then splits these GEMMs' sums differently on 1 and on 2
+        threads, which the layout of `transposed` does not, so the layers use this only where a
+        run's numbers depend on the count anyway."""
+        if d_gates[0].dtype != torch.bfloat16:
+            return TorchLoops.weight_gradient(d_gates, inputs)
         transpose = self.module.transpose16
-        return transpose(torch.mm(transpose(inputs.contiguous()), d_gates))
+        inputs_t = transpose(inputs.contiguous())
+        return transpose(_stacked([torch.mm(inputs_t, d) for d in d_gates], dim=1), widen=True)
 
     def gru_forward(self, gi, h0, w_hh_c, b_ih, b_hh):
         return self.module.gru_forward(gi, h0.contiguous(), w_hh_c.t(), b_ih.float(), b_hh.float())
@@ -256,6 +259,11 @@ class NativeLoops:
 
     def lstm_backward(self, d_out, d_c_last, cs, gates, tanh_c, w_hh_c):
         return self.module.lstm_backward(d_out.contiguous(), d_c_last, cs, gates, tanh_c, w_hh_c)
+
+
+def _stacked(blocks: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """torch.cat, without the copy where there is one block."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=dim)
 
 
 def loops_for(acc: torch.dtype, compute_dtype: torch.dtype) -> TorchLoops | NativeLoops:
@@ -320,11 +328,9 @@ class _GRULayer(torch.autograd.Function):
         if not ctx.thread_invariant:
             weight_gradient = ctx.loops.weight_gradient
             if ctx.needs_input_grad[2]:
-                d_w_ih = torch.cat((weight_gradient(dgi_rz, x_c), weight_gradient(dgi_n_all, x_c))).to(
-                    w_ih_dtype
-                )
+                d_w_ih = weight_gradient((dgi_rz, dgi_n_all), x_c).to(w_ih_dtype)
             if ctx.needs_input_grad[3]:
-                d_w_hh = weight_gradient(dg_all, h_prev).to(w_hh_dtype)
+                d_w_hh = weight_gradient((dg_all,), h_prev).to(w_hh_dtype)
         elif any(ctx.needs_input_grad[2:4]):
             dg_t = ctx.loops.transposed(dg_all)  # (3H, T*B)
             if ctx.needs_input_grad[2]:
@@ -374,9 +380,9 @@ class _LSTMLayer(torch.autograd.Function):
         h_prev = hs_c[:T].reshape(T * B, H)
         if not ctx.thread_invariant:
             if ctx.needs_input_grad[3]:
-                d_w_ih = ctx.loops.weight_gradient(dg_all, x_c).to(w_ih_dtype)
+                d_w_ih = ctx.loops.weight_gradient((dg_all,), x_c).to(w_ih_dtype)
             if ctx.needs_input_grad[4]:
-                d_w_hh = ctx.loops.weight_gradient(dg_all, h_prev).to(w_hh_dtype)
+                d_w_hh = ctx.loops.weight_gradient((dg_all,), h_prev).to(w_hh_dtype)
         elif any(ctx.needs_input_grad[3:5]):
             dg_t = ctx.loops.transposed(dg_all)  # (4H, T*B)
             if ctx.needs_input_grad[3]:

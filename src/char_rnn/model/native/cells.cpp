@@ -157,15 +157,28 @@ inline void transpose_block16(const uint16_t*, int64_t, uint16_t*, int64_t) {}
 constexpr int64_t kBlock = 0;  // element by element
 #endif
 
-// (R, C) -> (C, R) for a contiguous 16-bit matrix (bf16). Strips of 32 rows, so that each
+// One 16 x 16 block into fp32: through a tile, each of its rows then widened to a cache line.
+inline void transpose_block16(const uint16_t* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  uint16_t tile[16 * 16];
+  transpose_block16(src, src_stride, tile, 16);
+  for (int k = 0; k < 16; ++k) {
+#pragma omp simd
+    for (int i = 0; i < 16; ++i) dst[k * dst_stride + i] = load(tile, k * 16 + i);
+  }
+}
+
+inline void copy_element(const uint16_t* s, uint16_t* d) noexcept { *d = *s; }
+inline void copy_element(const uint16_t* s, float* d) noexcept { *d = load(s, 0); }
+
+// (R, C) -> (C, R) for a contiguous 16-bit matrix (bf16), into Out: 16-bit, or fp32 from bf16
+// (the weight gradients, widened in the same pass). Strips of 32 rows, so that each
 // destination row receives whole cache lines.
-at::Tensor transpose16(const at::Tensor& src) {
-  TORCH_CHECK(src.dim() == 2 && src.is_contiguous() && src.element_size() == 2,
-              "transpose16 takes a contiguous 2-d matrix of 16-bit values");
+template <typename Out>
+at::Tensor transpose_into(const at::Tensor& src, at::ScalarType out_type) {
   const int64_t R = src.size(0), C = src.size(1);
-  auto dst = at::empty({C, R}, src.options());
+  auto dst = at::empty({C, R}, src.options().dtype(out_type));
   const auto* s = reinterpret_cast<const uint16_t*>(src.data_ptr());
-  auto* d = reinterpret_cast<uint16_t*>(dst.data_ptr());
+  auto* d = reinterpret_cast<Out*>(dst.data_ptr());
   constexpr int64_t kStrip = 32;
   const int64_t blocked_cols = kBlock ? C / kBlock * kBlock : 0;
   at::parallel_for(0, (R + kStrip - 1) / kStrip, 1, [&](int64_t first, int64_t last) {
@@ -177,11 +190,19 @@ at::Tensor transpose16(const at::Tensor& src) {
       }
       for (int64_t r = r0; r < r1; ++r) {  // what the blocks left: the last columns, the last rows
         const int64_t c_from = r < blocked_r1 ? blocked_cols : 0;
-        for (int64_t c = c_from; c < C; ++c) d[c * R + r] = s[r * C + c];
+        for (int64_t c = c_from; c < C; ++c) copy_element(s + r * C + c, d + c * R + r);
       }
     }
   });
   return dst;
+}
+
+at::Tensor transpose16(const at::Tensor& src, bool widen = false) {
+  TORCH_CHECK(src.dim() == 2 && src.is_contiguous() && src.element_size() == 2,
+              "transpose16 takes a contiguous 2-d matrix of 16-bit values");
+  if (!widen) return transpose_into<uint16_t>(src, src.scalar_type());
+  TORCH_CHECK(src.scalar_type() == at::kBFloat16, "transpose16 widens bf16 only");
+  return transpose_into<float>(src, at::kFloat);
 }
 
 // W stored row by row. oneDNN's reorder takes a transposed view through PyTorch's slow copy:
@@ -616,5 +637,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
-  m.def("transpose16", &transpose16);
+  m.def("transpose16", &transpose16, pybind11::arg("src"), pybind11::arg("widen") = false);
 }
