@@ -19,6 +19,9 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include <string>
 #include <optional>
 #include <type_traits>
@@ -293,6 +296,7 @@ class ColumnParts {
 
   void operator()(const at::Tensor& x) {
     auto run = [&](int64_t first_part, int64_t last_part) {
+      plan_for_one_thread();
       for (int64_t p = first_part; p < last_part; ++p) outs_[p] = gemms_[p](x, scratch_[p]);
     };
     if (count_ == 1) {
@@ -305,6 +309,16 @@ class ColumnParts {
   at::Tensor joined() const { return count_ == 1 ? outs_[0] : at::cat(outs_, 1); }
 
  private:
+  // Inside a parallel region oneDNN still plans a GEMM for the team's thread count (splitting
+  // its long sums between threads that it then runs one after the other). Planned for one
+  // thread, a part sums as the whole GEMM does on one thread: the numbers do not depend on the
+  // thread count (tested), and the parts ran no slower.
+  static void plan_for_one_thread() {
+#if defined(_OPENMP)
+    omp_set_num_threads(1);  // for this thread's task in the region only
+#endif
+  }
+
   static constexpr int64_t kMinPartWidth = 384;
 
   int64_t N_, count_;
