@@ -207,7 +207,7 @@ def test_the_faster_weight_gradient_layout_gives_the_same_gradients_to_bf16s_rou
     rnn, x, state = _two_layers(cell, 30, 5)
     results = []
     for invariant in (True, False):
-        forward = functools.partial(fused_rnn.run, rnn, thread_invariant=invariant)
+        forward = functools.partial(fused_rnn.run, rnn, gates_transposed=invariant)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             results.append(_outputs_and_grads(rnn, cell, x, state, forward))
     for a, b in zip(*results, strict=True):

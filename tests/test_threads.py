@@ -15,6 +15,8 @@ from char_rnn.busy import busy_cores, max_busy
 from char_rnn.cli import main
 from char_rnn.config import ModelConfig
 from char_rnn.errors import UsageError
+from char_rnn.model import network
+from char_rnn.model.network import CharRNNModel
 from char_rnn.run.checkpoint import parse_trainer
 from char_rnn.threads import (
     THREADS_ENV,
@@ -125,18 +127,23 @@ def test_depends_on_thread_count_tells_figures_that_follow_the_count_from_those_
 
 
 @pytest.mark.skipif(len(candidate_counts()) < 2, reason="one core: a run's thread count cannot change")
-def test_a_run_whose_numbers_depend_on_the_thread_count_resumes_with_the_same_gradient_layout(
-    small_corpus, tmp_path, monkeypatch
-):
-    # Such a run's fused layers take their faster weight-gradient layout (its rounding is not
-    # the other's); the answer is in the checkpoints, so a resume must take the same layout.
-    monkeypatch.setattr(loop, "depends_on_thread_count", lambda figures, counts: True)
+def test_a_resumed_run_keeps_the_gradient_layout_its_start_chose(small_corpus, tmp_path, monkeypatch):
+    # A run chooses its fused layers' weight-gradient layout before its first step
+    # (CharRNNModel.choose_gradient_layout); the layouts round differently, so a resume must
+    # take the one in the checkpoint even where its own check would now choose the other.
+    # Here the start finds the numbers depend on the thread count with either (so the faster
+    # layout, and the count timed at the start kept), the resume's check the other layout.
+    def layout_found(transposed):
+        monkeypatch.setattr(network, "first_thread_invariant", lambda options, figures, counts: transposed)
+
     monkeypatch.setattr(loop.recurrent_path, "cached_path", lambda shape: loop.recurrent_path.FUSED)
     # Large enough that the two layouts round differently (checked at the end).
     model = ModelConfig(embedding_dim=32, units=64, layers=2, cell="lstm", dropout=0.0)
     common = dict(precision="bf16", epochs=50, max_steps=24, batch_size=32, seq_length=128)
+    layout_found(None)
     train(model, tiny_train_config(small_corpus, tmp_path / "whole", **common))
     for stop in (12, 24):
+        layout_found(None if stop == 12 else True)
         train(
             model,
             tiny_train_config(
@@ -146,9 +153,27 @@ def test_a_run_whose_numbers_depend_on_the_thread_count_resumes_with_the_same_gr
     whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
     assert whole == (tmp_path / "pieces" / "model.safetensors").read_bytes()
     # The layouts' rounding differs here, or the resume above would prove nothing.
-    monkeypatch.setattr(loop, "depends_on_thread_count", lambda figures, counts: False)
-    train(model, tiny_train_config(small_corpus, tmp_path / "invariant", **common))
-    assert whole != (tmp_path / "invariant" / "model.safetensors").read_bytes()
+    layout_found(True)
+    train(model, tiny_train_config(small_corpus, tmp_path / "transposed", **common))
+    assert whole != (tmp_path / "transposed" / "model.safetensors").read_bytes()
+
+
+def test_the_faster_gradient_layout_is_chosen_where_it_keeps_the_numbers_of_every_thread_count():
+    model = CharRNNModel(ModelConfig(vocab_size=5, embedding_dim=4, units=8, layers=1, cell="gru"))
+    tried = []
+
+    def figures(count_matters_with):
+        def step_figures():
+            tried.append(model.gates_transposed)
+            varies = model.gates_transposed in count_matters_with
+            return [torch.tensor(torch.get_num_threads() if varies else 0)]
+
+        return step_figures
+
+    assert model.choose_gradient_layout(figures(()), (1, 2)) and not model.gates_transposed
+    assert model.choose_gradient_layout(figures((False,)), (1, 2)) and model.gates_transposed
+    assert not model.choose_gradient_layout(figures((False, True)), (1, 2)) and not model.gates_transposed
+    assert tried == [False] * 2 + [False] * 2 + [True] * 2 + [False] * 2 + [True] * 2
 
 
 def test_a_run_records_whether_its_numbers_depend_on_the_thread_count(small_corpus, tmp_path):

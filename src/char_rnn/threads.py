@@ -23,15 +23,19 @@ process's setting as it found it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 
 from .errors import UsageError
+
+T = TypeVar("T")
 
 THREADS_ENV = "CHAR_RNN_THREADS"  # pins every command's count, as --threads does
 
@@ -97,6 +101,16 @@ def depends_on_thread_count(figures: Callable[[], Sequence[torch.Tensor]], count
     with using_threads(counts[-1]):
         most = figures()
     return not all(torch.equal(a, b) for a, b in zip(fewest, most, strict=True))
+
+
+def first_thread_invariant(options: Sequence[T], figures: Callable[[T], Sequence[torch.Tensor]],
+                           counts: Sequence[int]) -> T | None:  # fmt: skip
+    """The first of `options` under which `figures(option)` do not depend on the thread count
+    (`depends_on_thread_count`), or None where none of them gives that."""
+    for option in options:
+        if not depends_on_thread_count(functools.partial(figures, option), counts):
+            return option
+    return None
 
 
 class ThreadChoice:

@@ -80,8 +80,8 @@ class TorchLoops:
     @staticmethod
     def weight_gradient(d_gates: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """D^T @ inputs, (G, T*B) @ (T*B, K), for D the gates' gradients given as blocks of
-        columns, where its numbers may depend on the thread count: here the same GEMMs as with
-        `transposed`."""
+        columns, for layers whose gate gradients are not transposed: here the same GEMMs as
+        with `transposed`."""
         return _stacked([torch.mm(d.t(), inputs) for d in d_gates], dim=0)
 
     @staticmethod
@@ -236,17 +236,14 @@ class NativeLoops:
         return matrix.t()
 
     def weight_gradient(self, d_gates: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-        """D^T @ inputs as TorchLoops's, where its numbers may depend on the thread count. In
-        bf16, as (inputs^T @ D)^T, transposing the inputs (T*B, K) once and the result (K, G),
-        widened to fp32 in the same pass, instead of the gradients (T*B, G): the tutorial's step
-        measured 1.4 % faster. oneDNN then splits these GEMMs' sums differently on 1 and on 2
-        threads, which the layout of `transposed` does not, so the layers use this only where a
-        run's numbers depend on the count anyway."""
+        """D^T @ inputs as TorchLoops's, for layers whose gate gradients are not transposed. In
+        bf16, as (inputs^T @ D)^T, transposing the inputs (T*B, K) and the result (K, G) instead
+        of the gradients (T*B, G), in fp32: the tutorial's step measured 1.4 % faster. Its GEMMs
+        run in fixed column parts (cells.cpp, weight_gradient), so the numbers are the same on
+        one and two threads; on more, one part per thread makes them depend on the count."""
         if d_gates[0].dtype != torch.bfloat16:
             return TorchLoops.weight_gradient(d_gates, inputs)
-        transpose = self.module.transpose16
-        inputs_t = transpose(inputs.contiguous())
-        return transpose(_stacked([torch.mm(inputs_t, d) for d in d_gates], dim=1), widen=True)
+        return self.module.weight_gradient(self.module.transpose16(inputs.contiguous()), list(d_gates))
 
     def gru_forward(self, gi, h0, w_hh_c, b_ih, b_hh):
         return self.module.gru_forward(gi, h0.contiguous(), w_hh_c.t(), b_ih.float(), b_hh.float())
@@ -289,7 +286,7 @@ def _outputs_gradient(d_out, d_last, outputs):
 class _GRULayer(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype, thread_invariant
+        ctx, x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype, gates_transposed
     ):
         T, B, E = x.shape
         H = h0.shape[1]
@@ -302,7 +299,7 @@ class _GRULayer(torch.autograd.Function):
         ctx.buffers = (hs, hs_c, rz, ghn, n)
         ctx.loops = loops
         ctx.dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
-        ctx.thread_invariant = thread_invariant
+        ctx.gates_transposed = gates_transposed
         ctx.set_materialize_grads(False)
         return (hs_c if out_in_gemm_dtype else hs)[1:], hs[T].clone()
 
@@ -325,7 +322,7 @@ class _GRULayer(torch.autograd.Function):
             d_x += torch.mm(dgi_n_all, w_ih_c[2 * H :]).to(x_dtype)
             d_x = d_x.view(T, B, -1)
         h_prev = hs_c[:T].reshape(T * B, H)
-        if not ctx.thread_invariant:
+        if not ctx.gates_transposed:
             weight_gradient = ctx.loops.weight_gradient
             if ctx.needs_input_grad[2]:
                 d_w_ih = weight_gradient((dgi_rz, dgi_n_all), x_c).to(w_ih_dtype)
@@ -346,7 +343,7 @@ class _GRULayer(torch.autograd.Function):
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype, thread_invariant
+        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype, gates_transposed
     ):
         T, B, E = x.shape
         H = h0.shape[1]
@@ -360,7 +357,7 @@ class _LSTMLayer(torch.autograd.Function):
         ctx.buffers = (hs_c, cs, gates, tanh_c)
         ctx.loops = loops
         ctx.dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
-        ctx.thread_invariant = thread_invariant
+        ctx.gates_transposed = gates_transposed
         ctx.set_materialize_grads(False)
         return (hs_c if out_in_gemm_dtype else hs)[1:], hs[T].clone(), cs[T].clone()
 
@@ -378,7 +375,7 @@ class _LSTMLayer(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             d_x = torch.mm(dg_all, w_ih_c).to(x_dtype).view(T, B, -1)
         h_prev = hs_c[:T].reshape(T * B, H)
-        if not ctx.thread_invariant:
+        if not ctx.gates_transposed:
             if ctx.needs_input_grad[3]:
                 d_w_ih = ctx.loops.weight_gradient((dg_all,), x_c).to(w_ih_dtype)
             if ctx.needs_input_grad[4]:
@@ -412,25 +409,26 @@ def _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops):
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None,
-              out_in_gemm_dtype=False, thread_invariant=True) -> tuple[torch.Tensor, ...]:  # fmt: skip
+              out_in_gemm_dtype=False, gates_transposed=True) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """One GRU layer over x (T, B, E) from h0 (B, H): the outputs (T, B, H) and the final state
     (B, H, fp32). The GEMMs run in `compute_dtype` (default: the weights' dtype); `loops`
     chooses the time loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the
     outputs come in the GEMM dtype, for a consumer that would cast them to it: the layer keeps
-    that copy anyway, so the cast and its gradient's are saved. With `thread_invariant` off, the
-    weight gradients may take a faster GEMM layout whose numbers depend on the thread count."""
+    that copy anyway, so the cast and its gradient's are saved. `gates_transposed` chooses the
+    weight gradients' layout: dG^T @ X with the gate gradients dG transposed (whose numbers
+    depend on no thread count), or off, the faster (X^T @ dG)^T (NativeLoops.weight_gradient)."""
     compute_dtype, loops = _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops)
     return _GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype,
-                           thread_invariant)  # fmt: skip
+                           gates_transposed)  # fmt: skip
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype: torch.dtype | None = None, loops=None,
-               out_in_gemm_dtype=False, thread_invariant=True) -> tuple[torch.Tensor, ...]:  # fmt: skip
+               out_in_gemm_dtype=False, gates_transposed=True) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """One LSTM layer over x (T, B, E) from (h0, c0): the outputs (T, B, H) and the final
     states h and c (B, H, fp32); the arguments as for `gru_layer`."""
     compute_dtype, loops = _gemm_dtype_and_loops(x, w_hh, compute_dtype, loops)
     return _LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute_dtype, loops, out_in_gemm_dtype,
-                            thread_invariant)  # fmt: skip
+                            gates_transposed)  # fmt: skip
 
 
 def supports(rnn: nn.Module) -> bool:
@@ -442,7 +440,7 @@ def supports(rnn: nn.Module) -> bool:
 
 
 def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=None, shared_dropout_dim=None,
-        out_in_gemm_dtype=False, thread_invariant=True):  # fmt: skip
+        out_in_gemm_dtype=False, gates_transposed=True):  # fmt: skip
     """Run `rnn` (an nn.GRU or nn.LSTM) over time-major x (T, B, E) with its own parameters,
     or with `weights` in their place (a dict by parameter name, as torch.func.functional_call
     takes them).
@@ -454,8 +452,8 @@ def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=
     loops (default: `loops_for` the dtypes). With `out_in_gemm_dtype` the outputs come in the
     GEMM dtype (bf16 under autocast), for a consumer that casts them to it; an LSTM layer
     hands the next its outputs so wherever no dropout comes between them. The numbers are the
-    same either way; the state stays fp32. With `thread_invariant` off, the weight gradients
-    may take a faster layout whose numbers depend on the thread count (`gru_layer`)."""
+    same either way; the state stays fp32. `gates_transposed` chooses the weight gradients'
+    layout (`gru_layer`)."""
     weights = weights or {}
     is_lstm = isinstance(rnn, nn.LSTM)
     T, B, _ = x.shape
@@ -481,12 +479,12 @@ def run(rnn: nn.GRU | nn.LSTM, x: torch.Tensor, state=None, loops=None, weights=
             if is_lstm:
                 h0, c0 = state[0][layer].to(acc), state[1][layer].to(acc)
                 out, h, c = lstm_layer(layer_in, h0, c0, *params, compute_dtype, loops, in_gemm_dtype,
-                                       thread_invariant)  # fmt: skip
+                                       gates_transposed)  # fmt: skip
                 c_last.append(c)
             else:
                 h0 = state[layer].to(acc)
                 out, h = gru_layer(
-                    layer_in, h0, *params, compute_dtype, loops, in_gemm_dtype, thread_invariant
+                    layer_in, h0, *params, compute_dtype, loops, in_gemm_dtype, gates_transposed
                 )
             h_last.append(h)
             if not top and dropped_between:

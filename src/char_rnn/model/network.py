@@ -11,12 +11,15 @@ same result.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from ..config import ModelConfig
+from ..threads import first_thread_invariant
 from . import fused_rnn, head
 from .dropout import dropout
 
@@ -49,10 +52,24 @@ class CharRNNModel(nn.Module):
         # (measured faster than nn.GRU/nn.LSTM: README, Training speed); False keeps
         # PyTorch's own layers, for comparisons. cuDNN stays in charge on CUDA.
         self.fused_cpu = fused_rnn.supports(self.rnn)
-        # False lets the fused layers compute weight gradients in a faster layout whose
-        # numbers depend on the thread count: training sets it where a run's numbers depend on
-        # the count anyway, which it checks before its first step (train/loop.py).
-        self.thread_invariant = True
+        # The fused layers' weight-gradient layout (fused_rnn.gru_layer): True, the one whose
+        # numbers depend on no thread count; training chooses (choose_gradient_layout).
+        self.gates_transposed = True
+
+    def choose_gradient_layout(self, step_figures: Callable[[], Sequence[torch.Tensor]],
+                               counts: Sequence[int]) -> bool:  # fmt: skip
+        """Set the weight-gradient layout for training: the faster (gates not transposed) where a
+        step's numbers (`step_figures()` with this model) come out the same on the fewest and
+        the most of `counts` threads with it, else the other where they do with that one, else
+        the faster. Returns whether the numbers depend on no thread count."""
+
+        def figures_with(transposed: bool) -> Sequence[torch.Tensor]:
+            self.gates_transposed = transposed
+            return step_figures()
+
+        layout = first_thread_invariant((False, True), figures_with, counts)
+        self.gates_transposed = bool(layout)
+        return layout is not None
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         c = self.config
@@ -72,7 +89,7 @@ class CharRNNModel(nn.Module):
             head_reads_copy = not (self.training and self.config.dropout > 0)
             out, state = fused_rnn.run(self.rnn, x, state, weights=recurrent, shared_dropout_dim=shared,
                                        out_in_gemm_dtype=head_reads_copy,
-                                       thread_invariant=self.thread_invariant)  # fmt: skip
+                                       gates_transposed=self.gates_transposed)  # fmt: skip
             top = self._drop(out, time_dim=0)
             logits = head.logits(self.head, top, fused_rnn.gemm_dtype(top.device))
             return logits.transpose(0, 1).contiguous(), state  # (B, T, V)

@@ -43,7 +43,6 @@ from ..run.folder import CURVES_FILE, MODEL_FILE, TRAINER_FILE, RunFolder
 from ..threads import (
     ThreadChoice,
     candidate_counts,
-    depends_on_thread_count,
     pinned_threads,
     thread_choice,
     using_threads,
@@ -326,7 +325,8 @@ class _Trainer:
             def step_figures() -> list[torch.Tensor]:
                 return self._trial_step(x, y, torch.get_num_threads())[0]
 
-            state.threads_invariant = not depends_on_thread_count(step_figures, candidates)
+            state.threads_invariant = self.model.choose_gradient_layout(step_figures, candidates)
+            state.gates_transposed = self.model.gates_transposed
             if not state.threads_invariant:
                 seconds = {n: self._trial_step(x, y, n)[1] for n in candidates}
                 state.threads = min(seconds, key=lambda n: seconds[n])
@@ -335,9 +335,11 @@ class _Trainer:
                     "that a resume stays exact",
                     state.threads,
                 )
-        # Where they depend on it anyway, the fused layers' faster weight-gradient layout costs
-        # nothing; the answer is in the checkpoints, so a resume takes the same layout.
-        self.model.thread_invariant = state.threads_invariant
+        # The layout is in the checkpoints, so a resume takes the same one; runs saved before
+        # it had its own field used the faster exactly where their numbers depended on the count.
+        if state.gates_transposed is None:
+            state.gates_transposed = state.threads_invariant
+        self.model.gates_transposed = state.gates_transposed
         self.threads = ThreadChoice(state.threads, candidates=candidates)
 
     def _trial_step(self, x: torch.Tensor, y: torch.Tensor, threads: int) -> tuple[list[torch.Tensor], float]:

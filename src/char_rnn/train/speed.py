@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..device import autocast, keep_freed_memory
 from ..model.network import CharRNNModel
-from ..threads import candidate_counts, depends_on_thread_count, thread_choice
+from ..threads import candidate_counts, thread_choice
 from .schedule import adam
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
@@ -78,9 +78,9 @@ def measure_training(
 
     Each step runs with the thread count training would use (threads.py): `threads` pins it;
     otherwise the untimed steps go on until the first choice is made, as it is at the start
-    of a training run, and the timed ones run with it (and with any later choice). As in
-    training, where a step's numbers depend on the thread count, the fused layers compute
-    the weight gradients in their faster layout."""
+    of a training run, and the timed ones run with it (and with any later choice). The fused
+    layers' weight-gradient layout is chosen as training chooses it
+    (CharRNNModel.choose_gradient_layout)."""
     if model_config.vocab_size < 1:
         raise ValueError("model_config.vocab_size must be set")
     keep_freed_memory()  # as train() does
@@ -116,7 +116,7 @@ def measure_training(
 
     candidates = candidate_counts()
     if threads is None and len(candidates) > 1:  # as a training run finds it (train/loop.py)
-        model.thread_invariant = not depends_on_thread_count(step_figures, candidates)
+        model.choose_gradient_layout(step_figures, candidates)
     choice = thread_choice(threads)
 
     def timed_step() -> None:

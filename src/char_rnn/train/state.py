@@ -27,6 +27,9 @@ class TrainingState:
     # is kept for the whole run, resumes included, so that a resumed run stays exact.
     threads_invariant: bool | None = None
     threads: int | None = None
+    # The fused layers' weight-gradient layout (CharRNNModel.choose_gradient_layout), chosen
+    # with the check above and kept, since the layouts differ in the last bits.
+    gates_transposed: bool | None = None
     # "fused" or "pytorch" on CPU (recurrent_path.py), chosen at the start and then kept,
     # resumes included, since the two differ in the last bits.
     recurrent_path: str | None = None

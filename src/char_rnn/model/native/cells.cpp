@@ -173,15 +173,11 @@ inline void transpose_block16(const uint16_t* src, int64_t src_stride, float* ds
 inline void copy_element(const uint16_t* s, uint16_t* d) noexcept { *d = *s; }
 inline void copy_element(const uint16_t* s, float* d) noexcept { *d = load(s, 0); }
 
-// (R, C) -> (C, R) for a contiguous 16-bit matrix (bf16), into Out: 16-bit, or fp32 from bf16
-// (the weight gradients, widened in the same pass). Strips of 32 rows, so that each
-// destination row receives whole cache lines.
+// (R, C) -> (C, R) for a contiguous 16-bit matrix (bf16) at s, into d (row stride R) as Out:
+// 16-bit, or fp32 from bf16 (the weight gradients, widened in the same pass). Strips of 32
+// rows, so that each destination row receives whole cache lines.
 template <typename Out>
-at::Tensor transpose_into(const at::Tensor& src, at::ScalarType out_type) {
-  const int64_t R = src.size(0), C = src.size(1);
-  auto dst = at::empty({C, R}, src.options().dtype(out_type));
-  const auto* s = reinterpret_cast<const uint16_t*>(src.data_ptr());
-  auto* d = reinterpret_cast<Out*>(dst.data_ptr());
+void transpose_to(const uint16_t* s, int64_t R, int64_t C, Out* d) {
   constexpr int64_t kStrip = 32;
   const int64_t blocked_cols = kBlock ? C / kBlock * kBlock : 0;
   at::parallel_for(0, (R + kStrip - 1) / kStrip, 1, [&](int64_t first, int64_t last) {
@@ -197,6 +193,13 @@ at::Tensor transpose_into(const at::Tensor& src, at::ScalarType out_type) {
       }
     }
   });
+}
+
+template <typename Out>
+at::Tensor transpose_into(const at::Tensor& src, at::ScalarType out_type) {
+  const int64_t R = src.size(0), C = src.size(1);
+  auto dst = at::empty({C, R}, src.options().dtype(out_type));
+  transpose_to(reinterpret_cast<const uint16_t*>(src.data_ptr()), R, C, reinterpret_cast<Out*>(dst.data_ptr()));
   return dst;
 }
 
@@ -270,18 +273,33 @@ class RecurrentGemm {
   std::optional<c10::OperatorHandle> linear_;
 };
 
-// The backward pass's recurrent GEMM, dh = dg @ W_hh, in parts of dh's columns: one part per
-// thread, each a one-thread GEMM on its own columns of W (reordered once, as RecurrentGemm
-// does). oneDNN splits the single GEMM's long sums (K = 3H or 4H) between the threads
-// instead; measured on two threads, 64 x 3072 @ 3072 x 1024 in bf16 ran 14 % faster in two
+// Inside a parallel region oneDNN still plans a GEMM for the team's thread count (it may split
+// the long sums between threads, which it then runs one after the other). Called in a
+// region, the GEMMs that follow are planned for one thread, so each sums as it would on one
+// thread and no number depends on the thread count. Outside a region it does nothing: there
+// it would set the process's thread count.
+void plan_for_one_thread() {
+#if defined(_OPENMP)
+  if (omp_in_parallel()) omp_set_num_threads(1);  // this thread's task in the region only
+#endif
+}
+
+// Parts of a GEMM's output columns, each a one-thread GEMM run by one of the threads: two on
+// one or two threads, so that a run's numbers are the same on either, one per thread on more
+// (where the trainer's check finds they depend on the count, threads.py).
+int64_t column_parts() { return std::max<int64_t>(2, at::get_num_threads()); }
+
+// The backward pass's recurrent GEMM, dh = dg @ W_hh, in parts of dh's columns (column_parts),
+// each a one-thread GEMM on its own columns of W (reordered once, as RecurrentGemm does).
+// oneDNN splits the single GEMM's long sums (K = 3H or 4H) between two threads instead and
+// not on one; measured on two threads, 64 x 3072 @ 3072 x 1024 in bf16 ran 14 % faster in two
 // parts, 64 x 2304 @ 2304 x 768 17 %, 64 x 6144 @ 6144 x 1536 4 %, and 64 x 2048 @ 2048 x 512
 // no faster (parts of 256), so parts narrower than kMinPartWidth keep the one GEMM.
 class ColumnParts {
  public:
   // w: (N, K) as RecurrentGemm takes it; the output (B, N) comes in parts of columns.
   ColumnParts(const at::Tensor& w, int64_t batch, int64_t steps) : N_(w.size(0)) {
-    const int64_t threads = at::get_num_threads();
-    count_ = threads > 1 && N_ / threads >= kMinPartWidth ? threads : 1;
+    count_ = N_ / column_parts() >= kMinPartWidth ? column_parts() : 1;
     const auto rows = count_ > 1 ? rows_contiguous(w) : w;
     for (int64_t p = 0; p < count_; ++p) {
       gemms_.emplace_back(rows.slice(0, first(p), first(p + 1)), batch, steps);
@@ -309,22 +327,46 @@ class ColumnParts {
   at::Tensor joined() const { return count_ == 1 ? outs_[0] : at::cat(outs_, 1); }
 
  private:
-  // Inside a parallel region oneDNN still plans a GEMM for the team's thread count (splitting
-  // its long sums between threads that it then runs one after the other). Planned for one
-  // thread, a part sums as the whole GEMM does on one thread: the numbers do not depend on the
-  // thread count (tested), and the parts ran no slower.
-  static void plan_for_one_thread() {
-#if defined(_OPENMP)
-    omp_set_num_threads(1);  // for this thread's task in the region only
-#endif
-  }
-
   static constexpr int64_t kMinPartWidth = 384;
 
   int64_t N_, count_;
   std::vector<RecurrentGemm> gemms_;
   std::vector<at::Tensor> scratch_, outs_;
 };
+
+// The weight gradients of all steps as (X^T @ dG)^T: inputs_t (K, T*B) contiguous bf16, the
+// gates' gradients in blocks of columns (T*B, G_i), any strides; returns (sum of G_i, K) in
+// fp32. Each block runs in column parts (column_parts), each part transposed and widened into
+// its rows of the result by the thread that computed it. Left to itself, oneDNN splits these
+// GEMMs' long sums (K = T*B) between two threads and not on one.
+at::Tensor weight_gradient(const at::Tensor& inputs_t, const std::vector<at::Tensor>& blocks) {
+  TORCH_CHECK(inputs_t.dim() == 2 && inputs_t.is_contiguous() && inputs_t.scalar_type() == at::kBFloat16,
+              "weight_gradient takes the inputs transposed, contiguous, in bf16");
+  const int64_t K = inputs_t.size(0);
+  int64_t G = 0;
+  for (const auto& block : blocks) {
+    TORCH_CHECK(block.dim() == 2 && block.size(0) == inputs_t.size(1) && block.scalar_type() == at::kBFloat16,
+                "weight_gradient takes the gates' gradients as (T*B, G) blocks in bf16");
+    G += block.size(1);
+  }
+  auto out = at::empty({G, K}, inputs_t.options().dtype(at::kFloat));
+  const int64_t parts = column_parts();
+  int64_t row = 0;
+  for (const auto& block : blocks) {
+    const int64_t N = block.size(1);
+    at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+      plan_for_one_thread();
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t c0 = p * N / parts, c1 = (p + 1) * N / parts;
+        const auto product = at::mm(inputs_t, block.slice(1, c0, c1)).contiguous();  // (K, c1 - c0)
+        transpose_to(reinterpret_cast<const uint16_t*>(product.data_ptr()), K, c1 - c0,
+                     out.data_ptr<float>() + (row + c0) * K);
+      }
+    });
+    row += N;
+  }
+  return out;
+}
 
 // Calls f(first column, end column, those columns of the GEMM's output) for each part of `mm`,
 // or f(0, H, nullptr) where there is no output yet (the backward pass's first step).
@@ -652,4 +694,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("transpose16", &transpose16, pybind11::arg("src"), pybind11::arg("widen") = false);
+  m.def("weight_gradient", &weight_gradient);
 }
