@@ -1,7 +1,8 @@
 // The time loops of the fused CPU GRU and LSTM (see fused_rnn.py for the math and the plan).
 //
 // Per time step only two things run: the recurrent GEMM (RecurrentGemm: oneDNN on weights
-// reordered once per call, every thread) and one pass over the (B, H) gate arithmetic, here,
+// reordered once per call, every thread; backward, ColumnParts: one-thread GEMMs on parts of
+// the output's columns) and one pass over the (B, H) gate arithmetic, here,
 // in a single loop that the compiler vectorizes, its rows split among the threads. The pass
 // reads the GEMM outputs in their own dtype (bf16 under autocast), computes in fp32, and
 // writes the activations, the carried state and the GEMM dtype's copy of the state at once;
