@@ -297,6 +297,27 @@ def test_the_compiled_loops_give_the_same_numbers_on_any_thread_count(cell):
 
 
 @pytest.mark.skipif(native.kernels() is None, reason="the compiled loops could not be built here")
+@pytest.mark.parametrize("gates_transposed", [False, True])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_wide_layers_give_the_same_numbers_on_one_and_two_threads(cell, gates_transposed):
+    # Wide enough for the backward pass's recurrent GEMM to run in column parts (790 units:
+    # two of 395) and long enough for oneDNN's reordered weights (17 steps): those parts and the
+    # faster weight-gradient layout's are GEMMs planned for one thread, where oneDNN left to
+    # itself splits their sums on two threads and not on one.
+    # A batch of 64: with a few rows oneDNN splits nothing, and there would be nothing to test.
+    torch.manual_seed(0)
+    rnn = RNNS[cell](8, 790)
+    x, state = torch.randn(17, 64, 8), _state(cell, 1, 64, 790)
+    forward = functools.partial(fused_rnn.run, rnn, gates_transposed=gates_transposed)
+    results = []
+    for threads in (1, 2):
+        with using_threads(threads), torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(_outputs_and_grads(rnn, cell, x, state, forward))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(native.kernels() is None, reason="the compiled loops could not be built here")
 def test_a_process_killed_while_holding_the_builders_lock_does_not_stop_later_loads():
     # PyTorch's builder holds a lock file during every load; a process killed in those few
     # milliseconds left it behind, and every later run waited for it forever.

@@ -52,8 +52,9 @@ class CharRNNModel(nn.Module):
         # (measured faster than nn.GRU/nn.LSTM: README, Training speed); False keeps
         # PyTorch's own layers, for comparisons. cuDNN stays in charge on CUDA.
         self.fused_cpu = fused_rnn.supports(self.rnn)
-        # The fused layers' weight-gradient layout (fused_rnn.gru_layer): True, the one whose
-        # numbers depend on no thread count; training chooses (choose_gradient_layout).
+        # The fused layers' weight-gradient layout (fused_rnn.gru_layer): True, dG^T @ X, whose
+        # numbers depend on no thread count; False, the faster (X^T @ dG)^T. Training chooses
+        # (choose_gradient_layout).
         self.gates_transposed = True
 
     def choose_gradient_layout(self, step_figures: Callable[[], Sequence[torch.Tensor]],

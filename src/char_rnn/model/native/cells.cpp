@@ -290,6 +290,15 @@ void plan_for_one_thread() {
 // (where the trainer's check finds they depend on the count, threads.py).
 int64_t column_parts() { return std::max<int64_t>(2, at::get_num_threads()); }
 
+// f(part) for parts 0..count, spread over the threads, each part's GEMMs planned for one.
+template <typename F>
+void for_parts(int64_t count, const F& f) {
+  at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
+    plan_for_one_thread();
+    for (int64_t p = first; p < last; ++p) f(p);
+  });
+}
+
 // The backward pass's recurrent GEMM, dh = dg @ W_hh, in parts of dh's columns (column_parts),
 // each a one-thread GEMM on its own columns of W (reordered once, as RecurrentGemm does).
 // oneDNN splits the single GEMM's long sums (K = 3H or 4H) between two threads instead and
@@ -314,15 +323,7 @@ class ColumnParts {
   const at::Tensor& out(int64_t part) const { return outs_[part]; }
 
   void operator()(const at::Tensor& x) {
-    auto run = [&](int64_t first_part, int64_t last_part) {
-      plan_for_one_thread();
-      for (int64_t p = first_part; p < last_part; ++p) outs_[p] = gemms_[p](x, scratch_[p]);
-    };
-    if (count_ == 1) {
-      run(0, 1);
-    } else {
-      at::parallel_for(0, count_, 1, run);
-    }
+    for_parts(count_, [&](int64_t p) { outs_[p] = gemms_[p](x, scratch_[p]); });
   }
 
   at::Tensor joined() const { return count_ == 1 ? outs_[0] : at::cat(outs_, 1); }
@@ -355,14 +356,11 @@ at::Tensor weight_gradient(const at::Tensor& inputs_t, const std::vector<at::Ten
   int64_t row = 0;
   for (const auto& block : blocks) {
     const int64_t N = block.size(1);
-    at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-      plan_for_one_thread();
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t c0 = p * N / parts, c1 = (p + 1) * N / parts;
-        const auto product = at::mm(inputs_t, block.slice(1, c0, c1)).contiguous();  // (K, c1 - c0)
-        transpose_to(reinterpret_cast<const uint16_t*>(product.data_ptr()), K, c1 - c0,
-                     out.data_ptr<float>() + (row + c0) * K);
-      }
+    for_parts(parts, [&](int64_t p) {
+      const int64_t c0 = p * N / parts, c1 = (p + 1) * N / parts;
+      const auto product = at::mm(inputs_t, block.slice(1, c0, c1)).contiguous();  // (K, c1 - c0)
+      transpose_to(reinterpret_cast<const uint16_t*>(product.data_ptr()), K, c1 - c0,
+                   out.data_ptr<float>() + (row + c0) * K);
     });
     row += N;
   }
