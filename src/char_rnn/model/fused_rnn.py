@@ -82,7 +82,8 @@ class TorchLoops:
         """D^T @ inputs, (G, T*B) @ (T*B, K), for D the gates' gradients given as blocks of
         columns, for layers whose gate gradients are not transposed: here the same GEMMs as
         with `transposed`."""
-        return _stacked([torch.mm(d.t(), inputs) for d in d_gates], dim=0)
+        products = [torch.mm(d.t(), inputs) for d in d_gates]
+        return products[0] if len(products) == 1 else torch.cat(products)
 
     @staticmethod
     def gru_forward(gi, h0, w_hh_c, b_ih, b_hh):
@@ -256,11 +257,6 @@ class NativeLoops:
 
     def lstm_backward(self, d_out, d_c_last, cs, gates, tanh_c, w_hh_c):
         return self.module.lstm_backward(d_out.contiguous(), d_c_last, cs, gates, tanh_c, w_hh_c)
-
-
-def _stacked(blocks: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """torch.cat, without the copy where there is one block."""
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=dim)
 
 
 def loops_for(acc: torch.dtype, compute_dtype: torch.dtype) -> TorchLoops | NativeLoops:

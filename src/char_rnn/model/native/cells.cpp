@@ -358,7 +358,7 @@ at::Tensor weight_gradient(const at::Tensor& inputs_t, const std::vector<at::Ten
     const int64_t N = block.size(1);
     for_parts(parts, [&](int64_t p) {
       const int64_t c0 = p * N / parts, c1 = (p + 1) * N / parts;
-      const auto product = at::mm(inputs_t, block.slice(1, c0, c1)).contiguous();  // (K, c1 - c0)
+      const auto product = at::mm(inputs_t, block.slice(1, c0, c1));  // (K, c1 - c0), contiguous
       transpose_to(reinterpret_cast<const uint16_t*>(product.data_ptr()), K, c1 - c0,
                    out.data_ptr<float>() + (row + c0) * K);
     });
